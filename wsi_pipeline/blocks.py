@@ -1,0 +1,24 @@
+"""Blocks to patches: read a block of grid cells as one region at the target µm/px and cut its patches."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .grid import Block, PatchGrid
+from .slide import Slide
+
+
+def cut_patches(region: np.ndarray, patch_size: int, stride: int) -> np.ndarray:
+    """View (rows, cols, patch, patch, 3) of the patches of a region whose corner is a cell's corner."""
+    windows = sliding_window_view(region, (patch_size, patch_size, 3))
+    return windows[::stride, ::stride, 0]
+
+
+def read_block_patches(slide: Slide, grid: PatchGrid, block: Block, cells: np.ndarray) -> np.ndarray:
+    """uint8 patches (N, patch, patch, 3) of the block's cells where ``cells`` (n_rows, n_cols) is True,
+    in row-major order."""
+    x0_target, y0_target, width_target, height_target = block.target_box(grid)
+    region = slide.read_at_mpp(x0_target, y0_target, width_target, height_target, grid.target_mpp)
+    patches = cut_patches(region, grid.patch_size, grid.stride)
+    return patches[: block.n_rows, : block.n_cols][cells]

@@ -1,0 +1,90 @@
+"""``wsi-score``: score slides (files or folders of slides) into OME-Zarr heatmaps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import InputError
+from .model import resolve_model_folder
+from .run import SCHEDULERS_HELP, ScoreOptions, score_slides
+from .slide import BACKENDS, SLIDE_SUFFIXES
+
+
+def find_slides(inputs: list[str]) -> list[Path]:
+    """Expand folders to the slide files directly inside them (sorted); files are taken as given."""
+    slides: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            if not found:
+                raise InputError(item, f"folder holds no slide files ({', '.join(sorted(SLIDE_SUFFIXES))})")
+            slides.extend(found)
+        else:
+            slides.append(item)
+    stems: dict[str, Path] = {}
+    for slide in slides:
+        if slide.stem in stems and stems[slide.stem] != slide:
+            raise InputError(
+                slide, f"same output name as {stems[slide.stem]}; score them into separate folders"
+            )
+        stems[slide.stem] = slide
+    return list(dict.fromkeys(slides))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsi-score", description=__doc__)
+    p.add_argument("slides", nargs="+", help="slide files or folders of slides")
+    p.add_argument("-o", "--out", default="results", help="output folder (default: results)")
+    p.add_argument(
+        "--model", required=True, help="model folder (model.json + weights) or a bundled model's name"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="slide reader")
+    p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
+    p.add_argument("--stride", type=int, help="target pixels between patches (default: the patch size)")
+    p.add_argument("--tissue-threshold", type=float, default=0.5, help="min tissue fraction to score a patch")
+    p.add_argument("--block-cells", type=int, default=32, help="grid cells per block side (one read each)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
+    p.add_argument("--overwrite", action="store_true", help="score again slides whose heatmap is complete")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    options = ScoreOptions(
+        stride=args.stride,
+        tissue_threshold=args.tissue_threshold,
+        block_cells=args.block_cells,
+        batch_size=args.batch_size,
+        device=args.device,
+        backend=args.backend,
+        mpp=args.mpp,
+        overwrite=args.overwrite,
+    )
+    try:
+        options.validate()
+        slides = find_slides(args.slides)
+        model = resolve_model_folder(args.model)
+        results = score_slides(
+            slides, model, args.out, options, args.scheduler, args.workers, show_progress=not args.quiet
+        )
+    except (InputError, ValueError) as error:
+        print(f"wsi-score: error: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        if result.status == "failed":
+            print(f"wsi-score: error: {result.message}", file=sys.stderr)
+        elif result.status == "skipped":
+            print(f"skipped {result.slide}: {result.message}")
+        else:
+            print(f"ok {result.slide} -> {result.heatmap} ({result.patches} patches, {result.seconds:.1f} s)")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Scoring slides end to end on a Dask cluster: slide → tissue → grid → block tasks → heatmap store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+
+from .checksum import file_sha256
+from .errors import InputError
+from .grid import PatchGrid, split_blocks, tissue_fraction
+from .heatmap import HeatmapWriter, is_heatmap, read_heatmap, remove_heatmap
+from .model import read_card
+from .progress import Progress
+from .scoring import ModelSource, SlideSource, score_block
+from .slide import Slide
+from .tissue import TISSUE_MPP, detect_tissue
+
+SCHEDULERS_HELP = (
+    "local (worker processes sized to the machine), threads (one in-process worker), tcp://HOST:PORT"
+)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Parameters of a scoring run (the model card fixes patch size and µm/px)."""
+
+    stride: int | None = None  # target pixels between cells; None = the model's patch size
+    tissue_threshold: float = 0.5  # minimum tissue fraction of a patch for it to be scored
+    tissue_mpp: float = TISSUE_MPP
+    block_cells: int = 32  # block side in grid cells
+    batch_size: int = 256
+    device: str = "auto"
+    backend: str = "auto"
+    mpp: float | None = None  # overrides the slide's µm/px
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.stride is not None and self.stride < 1:
+            raise ValueError("stride must be at least 1 pixel")
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            raise ValueError("tissue threshold must be between 0 and 1")
+        if self.block_cells < 1 or self.batch_size < 1:
+            raise ValueError("block size and batch size must be positive")
+        if self.mpp is not None and self.mpp <= 0:
+            raise ValueError("mpp must be positive")
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide of a batch."""
+
+    slide: Path
+    status: str  # "ok", "skipped" or "failed"
+    heatmap: Path | None = None
+    message: str = ""
+    patches: int = 0
+    seconds: float = 0.0
+
+
+def package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str = "local", n_workers: int | None = None) -> Iterator:
+    """A ``distributed.Client``: a local cluster of single-threaded worker processes (default), one
+    in-process worker with threads, or an existing cluster at a ``tcp://`` address."""
+    from distributed import Client, LocalCluster
+
+    workers = n_workers or os.cpu_count() or 1
+    if scheduler == "local":
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+    elif scheduler == "threads":
+        with Client(
+            processes=False, n_workers=1, threads_per_worker=workers, dashboard_address=None
+        ) as client:
+            yield client
+    elif "://" in scheduler:
+        with Client(scheduler) as client:
+            yield client
+    else:
+        raise ValueError(f"scheduler must be one of: {SCHEDULERS_HELP}; not {scheduler!r}")
+
+
+def heatmap_path(slide_path: str | Path, out_dir: str | Path) -> Path:
+    return Path(out_dir) / f"{Path(slide_path).stem}.zarr"
+
+
+def plan_grid(slide: Slide, patch_size: int, target_mpp: float, stride: int | None) -> PatchGrid:
+    return PatchGrid(
+        width0=slide.width0,
+        height0=slide.height0,
+        mpp0=slide.mpp,
+        target_mpp=target_mpp,
+        patch_size=patch_size,
+        stride=stride or patch_size,
+    )
+
+
+def score_slide(
+    slide_path: str | Path,
+    model_folder: str | Path,
+    out_dir: str | Path,
+    client,
+    options: ScoreOptions = ScoreOptions(),
+    show_progress: bool = True,
+) -> SlideResult:
+    """Score one slide into ``out_dir/<stem>.zarr`` on the cluster behind ``client``."""
+    options.validate()
+    started, clock = datetime.now(timezone.utc), time.monotonic()
+    out_path = heatmap_path(slide_path, out_dir)
+    if out_path.exists():
+        if not is_heatmap(out_path):
+            raise InputError(out_path, "exists and is not a wsi_pipeline heatmap; not overwriting it")
+        if read_heatmap(out_path).complete and not options.overwrite:
+            return SlideResult(Path(slide_path), "skipped", out_path, "complete heatmap exists (--overwrite)")
+    card = read_card(model_folder)
+    model_source = ModelSource(
+        str(Path(model_folder).resolve()), file_sha256(Path(model_folder) / card.weights), options.device
+    )
+    with Slide(slide_path, options.backend, options.mpp) as slide:
+        slide_source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
+        grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
+        tissue = detect_tissue(slide.thumbnail(options.tissue_mpp), options.tissue_mpp)
+    cells = tissue_fraction(grid, tissue) >= options.tissue_threshold
+    if out_path.exists():
+        remove_heatmap(out_path)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "slide": {
+            "path": slide_source.path,
+            "sha256": file_sha256(slide_path),
+            "backend": slide.backend,
+            "mpp": slide.mpp,
+            "mpp_source": "file" if options.mpp is None else "--mpp",
+            "width0": slide.width0,
+            "height0": slide.height0,
+        },
+        "model": {
+            "name": card.name,
+            "folder": model_source.folder,
+            "weights_sha256": model_source.weights_sha256,
+            "architecture": card.architecture,
+        },
+        "tissue_threshold": options.tissue_threshold,
+        "tissue_mpp": options.tissue_mpp,
+        "block_cells": options.block_cells,
+        "package_version": package_version(),
+        "started": started.isoformat(),
+    }
+    writer = HeatmapWriter(out_path, grid, card.class_names, options.block_cells, metadata)
+    writer.write_tissue(cells)
+    blocks = [block for block in split_blocks(grid.shape, options.block_cells) if cells[block.cells].any()]
+    n_patches = int(cells.sum())
+    progress = Progress(n_patches, Path(slide_path).name) if show_progress else None
+    devices = _run_blocks(client, blocks, cells, slide_source, model_source, grid, options, writer, progress)
+    if progress is not None:
+        progress.close()
+    seconds = time.monotonic() - clock
+    writer.finalise(
+        devices=sorted(devices),
+        patches_scored=n_patches,
+        seconds=round(seconds, 3),
+        finished=datetime.now(timezone.utc).isoformat(),
+    )
+    return SlideResult(Path(slide_path), "ok", out_path, "", n_patches, seconds)
+
+
+def _run_blocks(
+    client, blocks, cells, slide_source, model_source, grid, options, writer, progress
+) -> set[str]:
+    """Submit block tasks, at most a few per worker thread at a time, and write each result as it lands."""
+    from distributed import as_completed
+
+    max_in_flight = 2 * sum(client.nthreads().values()) + 2
+    todo = iter(blocks)
+
+    def submit(block):
+        return client.submit(
+            score_block,
+            slide_source,
+            model_source,
+            grid,
+            block,
+            cells[block.cells],
+            options.batch_size,
+            pure=False,
+        )
+
+    in_flight = as_completed([submit(block) for block in islice(todo, max_in_flight)])
+    devices: set[str] = set()
+    try:
+        for future in in_flight:
+            block, probabilities, device = future.result()
+            future.release()
+            writer.write_block(block, probabilities)
+            devices.add(device)
+            if progress is not None:
+                progress.update(int(cells[block.cells].sum()))
+            following = next(todo, None)
+            if following is not None:
+                in_flight.add(submit(following))
+    finally:
+        remaining = list(in_flight.futures)
+        if remaining:
+            client.cancel(remaining)
+    return devices
+
+
+def score_slides(
+    slide_paths: Sequence[str | Path],
+    model_folder: str | Path,
+    out_dir: str | Path,
+    options: ScoreOptions = ScoreOptions(),
+    scheduler: str = "local",
+    n_workers: int | None = None,
+    client=None,
+    show_progress: bool = True,
+) -> list[SlideResult]:
+    """Score each slide; a slide that fails is reported and the batch goes on."""
+    read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(dask_client(scheduler, n_workers))
+        results = []
+        for path in slide_paths:
+            clock = time.monotonic()
+            try:
+                results.append(score_slide(path, model_folder, out_dir, client, options, show_progress))
+            except Exception as error:  # a batch goes on past any one slide's failure
+                message = (
+                    str(error)
+                    if isinstance(error, InputError)
+                    else f"{path}: {type(error).__name__}: {error}"
+                )
+                results.append(
+                    SlideResult(Path(path), "failed", None, message, seconds=time.monotonic() - clock)
+                )
+    return results
