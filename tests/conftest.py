@@ -1,0 +1,46 @@
+"""Shared fixtures: a deterministic probe model, synthetic slides with known regions, a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsi_pipeline import ModelCard, build_module, dask_client, save_model
+from wsi_pipeline.synthetic import Rect, RectScene, write_slide
+
+REPO = Path(__file__).resolve().parent.parent
+CMU_SLIDE = REPO / "sample_slides" / "CMU-1-Small-Region.svs"
+PINK = (200, 60, 160)  # saturated: tissue; the probe scores it about 0.2
+DARK = (40, 20, 60)  # the probe scores it about 0.98
+
+
+@pytest.fixture(scope="session")
+def probe_model(tmp_path_factory) -> Path:
+    """A model whose 'dark' probability is a fixed function of the mean colour of the patch's centre 32×32."""
+    card = ModelCard(name="test-probe", architecture="centre_colour", class_names=["light", "dark"])
+    module = build_module(card)
+    with torch.no_grad():
+        module.linear.weight.fill_(-1.0)
+        module.linear.bias.zero_()
+    return save_model(tmp_path_factory.mktemp("models") / "probe", module, card)
+
+
+@pytest.fixture(scope="session")
+def client():
+    with dask_client("threads", n_workers=2) as running:
+        yield running
+
+
+def marker_scene(width0: int, height0: int, dark_rects: list[tuple[float, float, float, float]]) -> RectScene:
+    """A pink tissue rectangle (inset from the slide's edges) with dark rectangles on it."""
+    margin_x, margin_y = width0 * 0.12, height0 * 0.15
+    tissue = Rect(margin_x, margin_y, width0 - margin_x, height0 - margin_y, PINK)
+    return RectScene([tissue, *(Rect(*box, DARK) for box in dark_rects)])
+
+
+def make_slide(path: Path, width0: int, height0: int, mpp: float | None, dark_rects, downsamples=(1, 4, 16)):
+    scene = marker_scene(width0, height0, dark_rects)
+    write_slide(path, scene, width0, height0, mpp, downsamples=downsamples)
+    return scene
