@@ -8,7 +8,10 @@ pyramid level L (``level_downsamples[L]`` level-0 pixels each); *target* pixels 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +46,23 @@ class Slide:
             raise InputError(self.path, "is a folder, not a slide file")
         self.backend = choose_backend(self.path, backend)
         try:
-            if self.backend == "openslide":
-                import openslide
+            with _tifffile_errors() as tiff_errors:
+                if self.backend == "openslide":
+                    import openslide
 
-                self._handle = openslide.OpenSlide(str(self.path))
-            else:
-                import tiffslide
+                    self._handle = openslide.OpenSlide(str(self.path))
+                else:
+                    import tiffslide
 
-                self._handle = tiffslide.TiffSlide(str(self.path))
-            self.width0, self.height0 = (int(v) for v in self._handle.dimensions)
-            self.level_dimensions = tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
-            self.level_downsamples = tuple(float(d) for d in self._handle.level_downsamples)
-            properties = dict(self._handle.properties)
+                    self._handle = tiffslide.TiffSlide(str(self.path))
+                self.width0, self.height0 = (int(v) for v in self._handle.dimensions)
+                self.level_dimensions = tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
+                self.level_downsamples = tuple(float(d) for d in self._handle.level_downsamples)
+                properties = dict(self._handle.properties)
+            if tiff_errors:
+                raise InputError(self.path, f"truncated or corrupt file ({tiff_errors[0]})")
+        except InputError:
+            raise
         except Exception as error:
             raise InputError(self.path, f"not a readable slide ({type(error).__name__}: {error})") from None
         self.mpp = float(mpp) if mpp is not None else self._mpp_from(properties)
@@ -104,7 +112,8 @@ class Slide:
             else:
                 pixels = np.asarray(self._handle.read_region(location, level, (x1 - x0, y1 - y0)))
         except Exception as error:
-            raise InputError(self.path, f"cannot decode pixels ({type(error).__name__}: {error})") from None
+            problem = f"cannot read pixels; truncated or corrupt file? ({type(error).__name__}: {error})"
+            raise InputError(self.path, problem) from None
         out[y0 - y_level : y1 - y_level, x0 - x_level : x1 - x_level] = _to_rgb_on_white(pixels)
         return out
 
@@ -154,3 +163,23 @@ def _to_rgb_on_white(pixels: np.ndarray) -> np.ndarray:
         return rgb
     weight = alpha.astype(np.float32) / 255.0
     return np.round(rgb * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def _tifffile_errors() -> Iterator[list[str]]:
+    """Collect the errors tifffile logs (and otherwise prints) while parsing a file, e.g. bad page offsets."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    tiff_logger = logging.getLogger("tifffile")
+    handler, propagate = Collect(logging.WARNING), tiff_logger.propagate
+    tiff_logger.addHandler(handler)
+    tiff_logger.propagate = False
+    try:
+        yield messages
+    finally:
+        tiff_logger.removeHandler(handler)
+        tiff_logger.propagate = propagate

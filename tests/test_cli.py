@@ -1,0 +1,150 @@
+"""wsi-score on the command line: outputs, and one-line errors naming the file, losing no results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from wsi_pipeline.cli import main
+from wsi_pipeline.heatmap import is_heatmap, read_heatmap
+
+from .conftest import CMU_SLIDE, make_slide
+
+DARK_LEVEL0 = [(900.0, 900.0, 1500.0, 1400.0)]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([*map(str, args), "--scheduler", "threads", "--workers", "2", "-q"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def good_slide(tmp_path) -> Path:
+    make_slide(tmp_path / "good.svs", 2400, 2000, 0.5, DARK_LEVEL0)
+    return tmp_path / "good.svs"
+
+
+def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good_slide):
+    code, out, err = run_cli(capsys, good_slide, "-o", tmp_path / "out", "--model", probe_model)
+    assert code == 0, err
+    store = tmp_path / "out" / "good.zarr"
+    assert f"-> {store}" in out
+    root = zarr.open_group(store, mode="r")
+    assert root.metadata.zarr_format == 3
+    ome = root.attrs["ome"]
+    assert ome["version"] == "0.5"
+    assert [axis["name"] for axis in ome["multiscales"][0]["axes"]] == ["c", "y", "x"]
+    assert len(ome["multiscales"][0]["datasets"]) >= 2
+    meta = root.attrs["wsi_pipeline"]
+    for key in (
+        "slide",
+        "model",
+        "grid",
+        "tissue_threshold",
+        "package_version",
+        "devices",
+        "started",
+        "finished",
+    ):
+        assert key in meta
+    assert meta["complete"] is True and meta["devices"] == ["cpu"]
+    assert len(meta["slide"]["sha256"]) == 64 and len(meta["model"]["weights_sha256"]) == 64
+
+
+def test_complete_heatmap_is_kept_unless_overwrite(tmp_path, capsys, probe_model, good_slide):
+    args = (good_slide, "-o", tmp_path / "out", "--model", probe_model)
+    assert run_cli(capsys, *args)[0] == 0
+    started = read_heatmap(tmp_path / "out" / "good.zarr").metadata["started"]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "skipped" in out
+    assert read_heatmap(tmp_path / "out" / "good.zarr").metadata["started"] == started
+    assert run_cli(capsys, *args, "--overwrite")[0] == 0
+    assert read_heatmap(tmp_path / "out" / "good.zarr").metadata["started"] != started
+
+
+def test_never_deletes_a_folder_that_is_not_a_heatmap(tmp_path, capsys, probe_model, good_slide):
+    foreign = tmp_path / "out" / "good.zarr"
+    foreign.mkdir(parents=True)
+    (foreign / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, good_slide, "-o", tmp_path / "out", "--model", probe_model, "--overwrite")
+    assert code == 1 and "not a wsi_pipeline heatmap" in err
+    assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def _not_a_slide(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.svs"
+    path.write_text("this is not a slide\n")
+    return path
+
+
+def _truncated(tmp_path: Path) -> Path:
+    make_slide(tmp_path / "cut.svs", 2400, 2000, 0.5, DARK_LEVEL0)
+    data = (tmp_path / "cut.svs").read_bytes()
+    (tmp_path / "cut.svs").write_bytes(data[: len(data) // 3])
+    return tmp_path / "cut.svs"
+
+
+def _no_mpp(tmp_path: Path) -> Path:
+    make_slide(tmp_path / "nompp.svs", 2400, 2000, None, DARK_LEVEL0)
+    return tmp_path / "nompp.svs"
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda tmp: tmp / "missing.svs", "no such file"),
+        (_not_a_slide, "not a readable slide"),
+        (_truncated, "truncated or corrupt"),
+        (_no_mpp, "no µm/px (mpp) in the file; give it with --mpp"),
+    ],
+    ids=["missing", "not-a-slide", "truncated", "no-mpp"],
+)
+def test_bad_slide_fails_alone_and_batch_goes_on(tmp_path, capsys, probe_model, good_slide, make, problem):
+    bad = make(tmp_path)
+    code, out, err = run_cli(capsys, bad, good_slide, "-o", tmp_path / "out", "--model", probe_model)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wsi-score: error: {bad}: ") and problem in lines[0]
+    bad_store = tmp_path / "out" / f"{bad.stem}.zarr"
+    assert not bad_store.exists() or not read_heatmap(bad_store).complete
+    assert read_heatmap(tmp_path / "out" / "good.zarr").complete
+    assert "ok" in out
+
+
+def test_mpp_option_scores_a_slide_without_mpp(tmp_path, capsys, probe_model):
+    slide = _no_mpp(tmp_path)
+    code, _, err = run_cli(capsys, slide, "-o", tmp_path / "out", "--model", probe_model, "--mpp", "0.5")
+    assert code == 0, err
+    meta = read_heatmap(tmp_path / "out" / "nompp.zarr").metadata
+    assert meta["slide"]["mpp"] == 0.5 and meta["slide"]["mpp_source"] == "--mpp"
+
+
+@pytest.mark.parametrize("broken", ["missing", "no-card", "bad-json", "no-weights"])
+def test_unreadable_model_folder(tmp_path, capsys, good_slide, probe_model, broken):
+    folder = tmp_path / "model"
+    if broken != "missing":
+        folder.mkdir()
+    if broken == "bad-json":
+        (folder / "model.json").write_text("{not json")
+    if broken == "no-weights":
+        (folder / "model.json").write_text((probe_model / "model.json").read_text())
+    code, _, err = run_cli(capsys, good_slide, "-o", tmp_path / "out", "--model", folder)
+    assert code == 2
+    assert err.startswith("wsi-score: error: ") and str(folder) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_local_process_cluster_matches_in_process_run(tmp_path, capsys, probe_model):
+    """The default scheduler (worker processes) gives the same heatmap as the in-process one."""
+    assert main([str(CMU_SLIDE), "-o", str(tmp_path / "procs"), "--model", str(probe_model), "-q"]) == 0
+    code, _, err = run_cli(capsys, CMU_SLIDE, "-o", tmp_path / "threads", "--model", probe_model)
+    assert code == 0, err
+    by_processes = read_heatmap(tmp_path / "procs" / "CMU-1-Small-Region.zarr")
+    by_threads = read_heatmap(tmp_path / "threads" / "CMU-1-Small-Region.zarr")
+    np.testing.assert_array_equal(by_processes.probabilities, by_threads.probabilities)
+    assert by_processes.tissue.sum() > 40 and is_heatmap(tmp_path / "procs" / "CMU-1-Small-Region.zarr")
