@@ -1,0 +1,322 @@
+"""Throughput of the whole scoring pipeline against the bare model on in-memory patches, and peak memory.
+
+Writes a synthetic H&E-like slide (pink tissue islands with purple spots on white), scores it with
+``score_slides`` on a local Dask cluster, then runs the same model on as many random in-memory patches in as
+many single-threaded processes as the cluster has workers, and prints both rates, their ratio and peak RSS.
+
+Pipeline *cold* is the call as ``wsi-score`` makes it: cluster start-up, model loading in the workers,
+scoring and cluster shutdown. Pipeline *warm* times only ``score_slides`` on a running cluster whose workers
+have already loaded the model (after scoring a tiny warm-up slide); it still includes tissue detection,
+hashing the slide, and writing the heatmap.
+
+    /work/venv/bin/python benchmarks/bench_pipeline.py --model probe efficientnet_b0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_pipeline.checksum import file_sha256
+from wsi_pipeline.model import Model, ModelCard, build_module, bundled_models_dir, read_card, save_model
+from wsi_pipeline.run import ScoreOptions, SlideResult, dask_client, plan_grid, score_slides
+from wsi_pipeline.scoring import ModelSource, worker_model
+from wsi_pipeline.slide import Slide
+from wsi_pipeline.synthetic import Rect, RectScene, write_slide
+
+PINK = (220, 140, 190)
+PURPLE = (120, 60, 140)
+DOWNSAMPLES = (1, 4, 16)
+TIMM_ARCHITECTURES = ("efficientnet_b0", "resnet18", "mobilenetv3_small_100")
+WARMUP_SIDE = 4096  # level-0 pixels of the square warm-up slide
+
+_barrier: Barrier | None = None  # set in each in-memory engine process
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set size in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def tissue_scene(
+    width0: int, height0: int, fraction: float, rng: np.random.Generator, n_islands: int = 12, spots: int = 15
+) -> tuple[RectScene, float]:
+    """Non-overlapping pink islands (one per cell of a grid over the slide) with purple spots inside them,
+    and the fraction of the slide the islands cover."""
+    rows = max(1, round(math.sqrt(n_islands * height0 / width0)))
+    cols = max(1, round(n_islands / rows))
+    cell_w, cell_h = width0 / cols, height0 / rows
+    side = math.sqrt(fraction)
+    islands, dark = [], []
+    for row in range(rows):
+        for col in range(cols):
+            aspect = math.sqrt(rng.uniform(0.8, 1.25))
+            w, h = min(cell_w, cell_w * side * aspect), min(cell_h, cell_h * side / aspect)
+            x0, y0 = col * cell_w + rng.uniform(0, cell_w - w), row * cell_h + rng.uniform(0, cell_h - h)
+            islands.append(Rect(x0, y0, x0 + w, y0 + h, PINK))
+            for _ in range(spots):
+                spot_w, spot_h = w * rng.uniform(0.03, 0.15), h * rng.uniform(0.03, 0.15)
+                sx, sy = x0 + rng.uniform(0, w - spot_w), y0 + rng.uniform(0, h - spot_h)
+                dark.append(Rect(sx, sy, sx + spot_w, sy + spot_h, PURPLE))
+    covered = sum((r.x1_level0 - r.x0_level0) * (r.y1_level0 - r.y0_level0) for r in islands)
+    return RectScene([*islands, *dark]), covered / (width0 * height0)
+
+
+def model_folder(name: str, workdir: Path) -> Path:
+    """The bundled probe, or an untrained timm model saved under ``workdir``."""
+    if name == "probe":
+        return bundled_models_dir() / "centre-colour-probe"
+    torch.manual_seed(0)
+    card = ModelCard(
+        name=f"untrained-{name}",
+        architecture=name,
+        class_names=["normal", "tumour"],
+        description="untrained, for timing only",
+    )
+    return save_model(workdir / "models" / card.name, build_module(card), card)
+
+
+def _checked(results: list[SlideResult]) -> SlideResult:
+    (result,) = results
+    if result.status != "ok":
+        raise SystemExit(f"scoring {result.slide} {result.status}: {result.message}")
+    return result
+
+
+def _load_model(source: ModelSource) -> None:
+    """On a Dask worker: load the model into the per-process cache the scoring tasks use."""
+    worker_model(source)
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    result: SlideResult
+    seconds: float  # wall time of the timed score_slides call
+    worker_peaks_mib: list[float]  # per Dask worker process, over its whole life (warm run only)
+    worker_threads: set[int]  # torch threads per worker (warm run only)
+
+    @property
+    def rate(self) -> float:
+        return self.result.patches / self.seconds
+
+
+def pipeline_cold(
+    slide: Path, folder: Path, out_dir: Path, options: ScoreOptions, workers: int
+) -> PipelineRun:
+    """``score_slides`` starting and stopping its own cluster, as ``wsi-score`` does."""
+    start = time.perf_counter()
+    results = score_slides([slide], folder, out_dir, options, "local", workers, show_progress=False)
+    seconds = time.perf_counter() - start
+    return PipelineRun(_checked(results), seconds, [], set())
+
+
+def pipeline_warm(
+    slide: Path, warmup: Path, folder: Path, out_dir: Path, options: ScoreOptions, workers: int
+) -> PipelineRun:
+    """``score_slides`` on a running cluster, after a warm-up slide, with the model loaded on every worker."""
+    with dask_client("local", workers) as client:
+        _checked(
+            score_slides([warmup], folder, out_dir / "warm-up", options, client=client, show_progress=False)
+        )
+        weights = folder / read_card(folder).weights
+        client.run(_load_model, ModelSource(str(folder.resolve()), file_sha256(weights), options.device))
+        start = time.perf_counter()
+        result = _checked(score_slides([slide], folder, out_dir, options, client=client, show_progress=False))
+        seconds = time.perf_counter() - start
+        threads = set(client.run(torch.get_num_threads).values())
+        peaks = list(client.run(peak_rss_mib).values())
+    return PipelineRun(result, seconds, peaks, threads)
+
+
+def _set_barrier(barrier: Barrier) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def _engine_share(
+    folder: str, n_patches: int, batch_size: int, min_seconds: float, seed: int
+) -> tuple[int, float, float, float]:
+    """In an engine process: score random patches (whole passes, for at least ``min_seconds``) with one torch
+    thread; return patches scored, start and end on the system-wide monotonic clock, and peak RSS (MiB)."""
+    assert _barrier is not None
+    try:
+        torch.set_num_threads(1)
+        model = Model(folder, torch.device("cpu"))
+        size = model.card.patch_size
+        patches = np.random.default_rng(seed).integers(0, 256, (n_patches, size, size, 3), dtype=np.uint8)
+        model.predict(patches[:batch_size], batch_size)  # first-call overheads
+        _barrier.wait()
+    except BaseException:
+        _barrier.abort()  # release the other processes rather than leave them waiting
+        raise
+    start, done = time.clock_gettime(time.CLOCK_MONOTONIC), 0
+    while done == 0 or time.clock_gettime(time.CLOCK_MONOTONIC) - start < min_seconds:
+        model.predict(patches, batch_size)
+        done += n_patches
+    return done, start, time.clock_gettime(time.CLOCK_MONOTONIC), peak_rss_mib()
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    rate: float  # patches scored by all processes / wall time from the first start to the last end
+    peaks_mib: list[float]
+
+
+def engine_rate(
+    folder: Path, processes: int, per_process: int, batch_size: int, min_seconds: float
+) -> EngineRun:
+    """``Model.predict`` on in-memory patches in ``processes`` spawned processes, started together."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_set_barrier, initargs=(barrier,)
+    ) as pool:
+        futures = [
+            pool.submit(_engine_share, str(folder), per_process, batch_size, min_seconds, seed)
+            for seed in range(processes)
+        ]
+        shares = [future.result() for future in futures]
+    wall = max(end for _, _, end, _ in shares) - min(start for _, start, _, _ in shares)
+    return EngineRun(sum(done for done, *_ in shares) / wall, [peak for *_, peak in shares])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=40_000, help="level-0 width, px (default 40000)")
+    p.add_argument("--height", type=int, default=30_000, help="level-0 height, px (default 30000)")
+    p.add_argument("--mpp", type=float, default=0.25, help="µm per level-0 pixel (default 0.25)")
+    p.add_argument("--tissue-fraction", type=float, default=0.4, help="slide area under tissue (default 0.4)")
+    p.add_argument(
+        "--model",
+        nargs="+",
+        default=["probe"],
+        choices=["probe", *TIMM_ARCHITECTURES],
+        help="probe: the bundled centre-colour probe (I/O dominates); others: untrained timm models",
+    )
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Dask workers = engine processes")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--engine-cap", type=int, default=20_000, help="most in-memory patches (default 20000)")
+    p.add_argument(
+        "--min-seconds", type=float, default=2.0, help="repeat in-memory passes for at least this long"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workdir", type=Path, help="parent of the temporary working folder (default: system temp)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the working folder (slides, models, heatmaps)")
+    args = p.parse_args(argv)
+    if not 0 < args.tissue_fraction <= 0.9:
+        p.error("--tissue-fraction must be in (0, 0.9]")
+    return args
+
+
+def show(label: str, text: str) -> None:
+    print(f"{label:<32} {text}", flush=True)
+
+
+def mib(values: list[float]) -> str:
+    return ", ".join(f"{value:.0f}" for value in values) + " MiB"
+
+
+def bench_model(name: str, args: argparse.Namespace, workdir: Path, slide: Path, warmup: Path) -> None:
+    """Score the slide cold and warm, run the in-memory engine, and print rates, ratios and peak RSS."""
+    folder = model_folder(name, workdir)
+    card = read_card(folder)
+    options = ScoreOptions(device="cpu", batch_size=args.batch_size)
+    with Slide(slide) as opened:
+        grid = plan_grid(opened, card.patch_size, card.mpp, None)
+        level = opened.best_level(grid.ds)
+        level_ds = opened.level_downsamples[level]
+    kind = "trivial linear probe: I/O dominates" if name == "probe" else "UNTRAINED weights: speed only"
+    print(f"\n== model {name}: {card.name} ({card.architecture}; {kind})", flush=True)
+    rows, cols = grid.shape
+    show(
+        "grid",
+        f"{rows} x {cols} cells of {card.patch_size} px at {card.mpp} µm/px "
+        f"({grid.ds * card.patch_size:.0f} level-0 px); reads level {level} (downsample {level_ds:g}), "
+        f"resamples x{grid.ds / level_ds:.2f}",
+    )
+    heatmaps = workdir / "heatmaps" / name
+    cold = pipeline_cold(slide, folder, heatmaps / "cold", options, args.workers)
+    patches = cold.result.patches
+    show("tissue patches scored", f"{patches} ({patches / max(1, rows * cols):.1%} of cells)")
+    show(
+        "pipeline cold patches/s",
+        f"{cold.rate:9.1f}  ({cold.seconds:.1f} s: cluster start-up, model loading, shutdown; "
+        f"{cold.result.seconds:.1f} s inside score_slide)",
+    )
+    warm = pipeline_warm(slide, warmup, folder, heatmaps / "warm", options, args.workers)
+    show(
+        "pipeline warm patches/s",
+        f"{warm.rate:9.1f}  ({warm.seconds:.1f} s; {args.workers} Dask workers, "
+        f"torch threads per worker: {sorted(warm.worker_threads)})",
+    )
+    per_process = max(1, math.ceil(min(patches, args.engine_cap) / args.workers))
+    engine = engine_rate(folder, args.workers, per_process, args.batch_size, args.min_seconds)
+    single = engine_rate(folder, 1, per_process, args.batch_size, args.min_seconds)
+    show(
+        f"in-memory {args.workers} procs x 1 thread /s",
+        f"{engine.rate:9.1f}  ({per_process} random patches each, >= {args.min_seconds:g} s of passes)",
+    )
+    show("in-memory 1 proc x 1 thread /s", f"{single.rate:9.1f}  (scaling x{engine.rate / single.rate:.2f})")
+    show("RATIO pipeline warm / in-memory", f"{warm.rate / engine.rate:.3f}")
+    show("RATIO pipeline cold / in-memory", f"{cold.rate / engine.rate:.3f}")
+    workers, driver = warm.worker_peaks_mib, peak_rss_mib()
+    show("peak RSS Dask workers", f"{mib(workers)} (warm cluster, each over its whole life)")
+    show("peak RSS driver so far", mib([driver]))
+    show("peak RSS tree, upper bound", f"{mib([driver + sum(workers)])} (driver + sum of worker peaks)")
+    show("peak RSS in-memory processes", mib(engine.peaks_mib))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-wsi-", dir=args.workdir))
+    try:
+        rng = np.random.default_rng(args.seed)
+        scene, covered = tissue_scene(args.width, args.height, args.tissue_fraction, rng)
+        slide = workdir / "bench.svs"
+        start = time.perf_counter()
+        write_slide(slide, scene, args.width, args.height, args.mpp, DOWNSAMPLES)
+        written = time.perf_counter() - start
+        quarter = WARMUP_SIDE / 4
+        warmup_scene = RectScene([Rect(quarter, quarter, 3 * quarter, 3 * quarter, PINK)])
+        warmup = write_slide(workdir / "warm-up.svs", warmup_scene, WARMUP_SIDE, WARMUP_SIDE, args.mpp)
+        show(
+            "slide",
+            f"{args.width} x {args.height} px at {args.mpp} µm/px, downsamples {DOWNSAMPLES}, "
+            f"{len(scene.rects)} rects, islands cover {covered:.1%}, {slide.stat().st_size / 2**20:.1f} MiB",
+        )
+        show("slide write time", f"{written:.1f} s (not part of any rate)")
+        show("cpu count", str(os.cpu_count()))
+        show("peak RSS driver after writing", mib([peak_rss_mib()]))
+        for name in args.model:
+            bench_model(name, args, workdir, slide, warmup)
+        print()
+        show("peak RSS driver, whole run", mib([peak_rss_mib()]))
+        show(
+            "largest child, whole run",
+            f"{mib([peak_rss_mib(resource.RUSAGE_CHILDREN)])} "
+            "(RUSAGE_CHILDREN: max over Dask workers and in-memory processes, not a sum)",
+        )
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir)
+
+
+if __name__ == "__main__":
+    main()
