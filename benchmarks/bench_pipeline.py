@@ -46,9 +46,14 @@ WARMUP_SIDE = 4096  # level-0 pixels of the square warm-up slide
 _barrier: Barrier | None = None  # set in each in-memory engine process
 
 
-def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident set size in MiB (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(who).ru_maxrss / 1024
+def peak_rss_mib() -> float:
+    """This process's peak resident set size, MiB. Read as ``VmHWM`` because ``ru_maxrss`` of a process
+    spawned by fork + exec starts at its parent's peak on Linux."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
 def tissue_scene(
@@ -300,16 +305,23 @@ def main(argv: list[str] | None = None) -> None:
             f"{len(scene.rects)} rects, islands cover {covered:.1%}, {slide.stat().st_size / 2**20:.1f} MiB",
         )
         show("slide write time", f"{written:.1f} s (not part of any rate)")
-        show("cpu count", str(os.cpu_count()))
+        show(
+            "cpu count; 1-min load average",
+            f"{os.cpu_count()}; {os.getloadavg()[0]:.2f} (other work skews rates)",
+        )
         show("peak RSS driver after writing", mib([peak_rss_mib()]))
         for name in args.model:
             bench_model(name, args, workdir, slide, warmup)
         print()
+        show(
+            "1-min load average at the end",
+            f"{os.getloadavg()[0]:.2f} (about {args.workers} is this benchmark)",
+        )
         show("peak RSS driver, whole run", mib([peak_rss_mib()]))
         show(
             "largest child, whole run",
-            f"{mib([peak_rss_mib(resource.RUSAGE_CHILDREN)])} "
-            "(RUSAGE_CHILDREN: max over Dask workers and in-memory processes, not a sum)",
+            f"{mib([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024])} (RUSAGE_CHILDREN: max, "
+            "not sum, over all child processes incl. cold clusters; may include the driver's RSS at spawn)",
         )
     finally:
         if args.keep:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
-from .model import resolve_model_folder
 from .run import SCHEDULERS_HELP, ScoreOptions, score_slides
 from .slide import BACKENDS, SLIDE_SUFFIXES
 
@@ -69,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.validate()
         slides = find_slides(args.slides)
-        model = resolve_model_folder(args.model)
         results = score_slides(
-            slides, model, args.out, options, args.scheduler, args.workers, show_progress=not args.quiet
+            slides, args.model, args.out, options, args.scheduler, args.workers, show_progress=not args.quiet
         )
     except (InputError, ValueError) as error:
         print(f"wsi-score: error: {error}", file=sys.stderr)

@@ -197,12 +197,17 @@ def is_heatmap(path: str | Path) -> bool:
         return False
 
 
-def read_heatmap(path: str | Path) -> Heatmap:
-    """Read a heatmap store written by ``wsi-score``."""
+def read_metadata(path: str | Path) -> dict:
+    """The run metadata of a heatmap store (no arrays are read)."""
     if not is_heatmap(path):
         raise InputError(path, "not a wsi_pipeline heatmap (no Zarr group with wsi_pipeline metadata)")
+    return dict(zarr.open_group(path, mode="r").attrs[META_KEY])
+
+
+def read_heatmap(path: str | Path) -> Heatmap:
+    """Read a heatmap store written by ``wsi-score``."""
+    metadata = read_metadata(path)
     root = zarr.open_group(path, mode="r")
-    metadata = dict(root.attrs[META_KEY])
     return Heatmap(
         probabilities=root["0"][...],
         tissue=root["labels/tissue/0"][...].astype(bool),

@@ -119,7 +119,7 @@ class Model:
     """A loaded model on a device, scoring uint8 RGB patches in batches."""
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
-        self.folder = Path(folder)
+        self.folder = resolve_model_folder(folder)
         self.card = read_card(self.folder)
         weights_path = self.folder / self.card.weights
         self.weights_sha256 = file_sha256(weights_path)

@@ -14,8 +14,8 @@ from pathlib import Path
 from .checksum import file_sha256
 from .errors import InputError
 from .grid import PatchGrid, split_blocks, tissue_fraction
-from .heatmap import HeatmapWriter, is_heatmap, read_heatmap, remove_heatmap
-from .model import read_card
+from .heatmap import HeatmapWriter, is_heatmap, read_metadata, remove_heatmap
+from .model import read_card, resolve_model_folder
 from .progress import Progress
 from .scoring import ModelSource, SlideSource, score_block
 from .slide import Slide
@@ -79,14 +79,14 @@ def dask_client(scheduler: str = "local", n_workers: int | None = None) -> Itera
     if scheduler == "local":
         with (
             LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
             ) as cluster,
             Client(cluster) as client,
         ):
             yield client
     elif scheduler == "threads":
         with Client(
-            processes=False, n_workers=1, threads_per_worker=workers, dashboard_address=None
+            processes=False, n_workers=1, threads_per_worker=workers, dashboard_address=":0"
         ) as client:
             yield client
     elif "://" in scheduler:
@@ -126,7 +126,7 @@ def score_slide(
     if out_path.exists():
         if not is_heatmap(out_path):
             raise InputError(out_path, "exists and is not a wsi_pipeline heatmap; not overwriting it")
-        if read_heatmap(out_path).complete and not options.overwrite:
+        if read_metadata(out_path).get("complete") and not options.overwrite:
             return SlideResult(Path(slide_path), "skipped", out_path, "complete heatmap exists (--overwrite)")
     card = read_card(model_folder)
     model_source = ModelSource(
@@ -231,7 +231,9 @@ def score_slides(
     client=None,
     show_progress: bool = True,
 ) -> list[SlideResult]:
-    """Score each slide; a slide that fails is reported and the batch goes on."""
+    """Score each slide with a model folder (or bundled model name); a slide that fails is reported and the
+    batch goes on. Scripts using the default local cluster need an ``if __name__ == "__main__":`` guard."""
+    model_folder = resolve_model_folder(model_folder)
     read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
     with contextlib.ExitStack() as stack:
         if client is None:
