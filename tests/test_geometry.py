@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_pipeline import ScoreOptions, read_heatmap, score_slide
+from wsi_pipeline import Model, ScoreOptions, read_heatmap, score_slide
 from wsi_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 
 from .conftest import DARK, PINK, make_slide
@@ -100,3 +100,19 @@ def test_openslide_and_tiffslide_give_the_same_heatmap(tmp_path, probe_model, cl
         heatmaps.append(read_heatmap(result.heatmap))
     np.testing.assert_array_equal(heatmaps[0].tissue, heatmaps[1].tissue)
     np.testing.assert_allclose(heatmaps[0].probabilities, heatmaps[1].probabilities, atol=1e-6)
+
+
+def test_background_cells_are_never_given_to_the_model(tmp_path, probe_model, client, monkeypatch):
+    make_slide(tmp_path / "s.svs", 2600, 2200, 0.5, [])
+    scored = []
+    original = Model.predict
+
+    def counting_predict(self, patches, batch_size=256):
+        scored.append(len(patches))
+        return original(self, patches, batch_size)
+
+    monkeypatch.setattr(Model, "predict", counting_predict)  # the in-process workers share this module
+    options = ScoreOptions(block_cells=4)
+    result = score_slide(tmp_path / "s.svs", probe_model, tmp_path / "out", client, options, False)
+    heatmap = read_heatmap(result.heatmap)
+    assert 0 < sum(scored) == heatmap.tissue.sum() < heatmap.tissue.size
