@@ -9,12 +9,16 @@ scoring and cluster shutdown. Pipeline *warm* times only ``score_slides`` on a r
 have already loaded the model (after scoring a tiny warm-up slide); it still includes tissue detection,
 hashing the slide, and writing the heatmap.
 
+The in-memory engine runs in the environment our local cluster gives its workers (``WORKER_ENVIRONMENT``).
+Rates are only meaningful on an otherwise idle machine; the CPU other processes used meanwhile is printed.
+
     /work/venv/bin/python benchmarks/bench_pipeline.py --model probe efficientnet_b0
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import multiprocessing
 import os
@@ -22,6 +26,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
@@ -32,7 +37,14 @@ import torch
 
 from wsi_pipeline.checksum import file_sha256
 from wsi_pipeline.model import Model, ModelCard, build_module, bundled_models_dir, read_card, save_model
-from wsi_pipeline.run import ScoreOptions, SlideResult, dask_client, plan_grid, score_slides
+from wsi_pipeline.run import (
+    WORKER_ENVIRONMENT,
+    ScoreOptions,
+    SlideResult,
+    dask_client,
+    plan_grid,
+    score_slides,
+)
 from wsi_pipeline.scoring import ModelSource, worker_model
 from wsi_pipeline.slide import Slide
 from wsi_pipeline.synthetic import Rect, RectScene, write_slide
@@ -54,6 +66,32 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot, all processes (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+class OtherLoad:
+    """CPU that processes outside this benchmark use over a stretch of time, in cores: a check that the
+    rates were measured on an otherwise idle machine."""
+
+    def __init__(self) -> None:
+        self._busy, self._own, self._wall = machine_busy_s(), own_cpu_s(), time.perf_counter()
+
+    def cores(self, own_elsewhere_s: float = 0.0) -> float:
+        """``own_elsewhere_s``: CPU seconds of this benchmark's still-running processes (Dask workers)."""
+        own = own_cpu_s() - self._own + own_elsewhere_s
+        return max(0.0, machine_busy_s() - self._busy - own) / (time.perf_counter() - self._wall)
 
 
 def tissue_scene(
@@ -112,6 +150,7 @@ class PipelineRun:
     seconds: float  # wall time of the timed score_slides call
     worker_peaks_mib: list[float]  # per Dask worker process, over its whole life (warm run only)
     worker_threads: set[int]  # torch threads per worker (warm run only)
+    other_cores: float  # CPU used by other processes meanwhile
 
     @property
     def rate(self) -> float:
@@ -122,10 +161,10 @@ def pipeline_cold(
     slide: Path, folder: Path, out_dir: Path, options: ScoreOptions, workers: int
 ) -> PipelineRun:
     """``score_slides`` starting and stopping its own cluster, as ``wsi-score`` does."""
-    start = time.perf_counter()
+    load, start = OtherLoad(), time.perf_counter()
     results = score_slides([slide], folder, out_dir, options, "local", workers, show_progress=False)
     seconds = time.perf_counter() - start
-    return PipelineRun(_checked(results), seconds, [], set())
+    return PipelineRun(_checked(results), seconds, [], set(), load.cores())
 
 
 def pipeline_warm(
@@ -138,12 +177,32 @@ def pipeline_warm(
         )
         weights = folder / read_card(folder).weights
         client.run(_load_model, ModelSource(str(folder.resolve()), file_sha256(weights), options.device))
-        start = time.perf_counter()
+        workers_cpu = sum(client.run(time.process_time).values())
+        load, start = OtherLoad(), time.perf_counter()
         result = _checked(score_slides([slide], folder, out_dir, options, client=client, show_progress=False))
         seconds = time.perf_counter() - start
+        other = load.cores(sum(client.run(time.process_time).values()) - workers_cpu)
         threads = set(client.run(torch.get_num_threads).values())
         peaks = list(client.run(peak_rss_mib).values())
-    return PipelineRun(result, seconds, peaks, threads)
+    return PipelineRun(result, seconds, peaks, threads, other)
+
+
+def worker_env(base: dict[str, str]) -> dict[str, str]:
+    """``base`` plus what ``dask_client("local")`` sets for its worker processes."""
+    return {**base, **{key: str(value) for key, value in WORKER_ENVIRONMENT.items()}}
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` set to ``env`` (which processes spawned meanwhile inherit), restored afterwards."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _set_barrier(barrier: Barrier) -> None:
@@ -178,24 +237,30 @@ def _engine_share(
 class EngineRun:
     rate: float  # patches scored by all processes / wall time from the first start to the last end
     peaks_mib: list[float]
+    other_cores: float  # CPU used by other processes meanwhile (over the pool's whole life)
 
 
 def engine_rate(
-    folder: Path, processes: int, per_process: int, batch_size: int, min_seconds: float
+    folder: Path, processes: int, per_process: int, batch_size: int, min_seconds: float, env: dict[str, str]
 ) -> EngineRun:
-    """``Model.predict`` on in-memory patches in ``processes`` spawned processes, started together."""
-    context = multiprocessing.get_context("spawn")
+    """``Model.predict`` on in-memory patches in ``processes`` processes spawned with environment ``env``,
+    started together."""
+    load, context = OtherLoad(), multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
-    with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_set_barrier, initargs=(barrier,)
-    ) as pool:
+    with (
+        environment(env),
+        ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_set_barrier, initargs=(barrier,)
+        ) as pool,
+    ):
         futures = [
             pool.submit(_engine_share, str(folder), per_process, batch_size, min_seconds, seed)
             for seed in range(processes)
         ]
         shares = [future.result() for future in futures]
     wall = max(end for _, _, end, _ in shares) - min(start for _, start, _, _ in shares)
-    return EngineRun(sum(done for done, *_ in shares) / wall, [peak for *_, peak in shares])
+    rate = sum(done for done, *_ in shares) / wall
+    return EngineRun(rate, [peak for *_, peak in shares], load.cores())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -236,8 +301,13 @@ def mib(values: list[float]) -> str:
     return ", ".join(f"{value:.0f}" for value in values) + " MiB"
 
 
-def bench_model(name: str, args: argparse.Namespace, workdir: Path, slide: Path, warmup: Path) -> None:
-    """Score the slide cold and warm, run the in-memory engine, and print rates, ratios and peak RSS."""
+def bench_model(
+    name: str, args: argparse.Namespace, workdir: Path, slide: Path, warmup: Path, clean_env: dict[str, str]
+) -> None:
+    """Score the slide cold and warm, run the in-memory engine, and print rates, ratios and peak RSS.
+
+    ``clean_env``: the environment before Dask changed it; the in-memory engine runs with it plus the
+    workers' settings."""
     folder = model_folder(name, workdir)
     card = read_card(folder)
     options = ScoreOptions(device="cpu", batch_size=args.batch_size)
@@ -270,13 +340,19 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, slide: Path,
         f"torch threads per worker: {sorted(warm.worker_threads)})",
     )
     per_process = max(1, math.ceil(min(patches, args.engine_cap) / args.workers))
-    engine = engine_rate(folder, args.workers, per_process, args.batch_size, args.min_seconds)
-    single = engine_rate(folder, 1, per_process, args.batch_size, args.min_seconds)
+    engine_args = (per_process, args.batch_size, args.min_seconds)
+    engine = engine_rate(folder, args.workers, *engine_args, worker_env(clean_env))
+    single = engine_rate(folder, 1, *engine_args, worker_env(clean_env))
     show(
         f"in-memory {args.workers} procs x 1 thread /s",
         f"{engine.rate:9.1f}  ({per_process} random patches each, >= {args.min_seconds:g} s of passes)",
     )
     show("in-memory 1 proc x 1 thread /s", f"{single.rate:9.1f}  (scaling x{engine.rate / single.rate:.2f})")
+    show(
+        "CPU of other processes, cores",
+        f"cold {cold.other_cores:.2f}, warm {warm.other_cores:.2f}, in-memory {engine.other_cores:.2f}, "
+        f"{single.other_cores:.2f} (well above 0: the machine was busy)",
+    )
     show("RATIO pipeline warm / in-memory", f"{warm.rate / engine.rate:.3f}")
     show("RATIO pipeline cold / in-memory", f"{cold.rate / engine.rate:.3f}")
     workers, driver = warm.worker_peaks_mib, peak_rss_mib()
@@ -288,6 +364,7 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path, slide: Path,
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    clean_env = dict(os.environ)
     workdir = Path(tempfile.mkdtemp(prefix="bench-wsi-", dir=args.workdir))
     try:
         rng = np.random.default_rng(args.seed)
@@ -305,18 +382,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{len(scene.rects)} rects, islands cover {covered:.1%}, {slide.stat().st_size / 2**20:.1f} MiB",
         )
         show("slide write time", f"{written:.1f} s (not part of any rate)")
-        show(
-            "cpu count; 1-min load average",
-            f"{os.cpu_count()}; {os.getloadavg()[0]:.2f} (other work skews rates)",
-        )
+        show("cpu count", str(os.cpu_count()))
         show("peak RSS driver after writing", mib([peak_rss_mib()]))
         for name in args.model:
-            bench_model(name, args, workdir, slide, warmup)
+            bench_model(name, args, workdir, slide, warmup, clean_env)
         print()
-        show(
-            "1-min load average at the end",
-            f"{os.getloadavg()[0]:.2f} (about {args.workers} is this benchmark)",
-        )
         show("peak RSS driver, whole run", mib([peak_rss_mib()]))
         show(
             "largest child, whole run",

@@ -129,18 +129,19 @@ class Model:
             module.load_state_dict(load_file(weights_path))
         except Exception as error:
             raise InputError(weights_path, f"weights do not fit the card ({type(error).__name__})") from None
-        self._memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        self.module = module.eval().to(device, memory_format=self._memory_format)
-        self._mean = torch.tensor(self.card.mean, device=device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(self.card.std, device=device).view(1, 3, 1, 1) * 255
+        self.module = module.eval().to(device, memory_format=torch.channels_last)
+        # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
+        std = torch.tensor(self.card.std, device=device)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -torch.tensor(self.card.mean, device=device) / std
 
     def predict(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3)."""
         out = np.empty((len(patches), len(self.card.class_names)), np.float32)
         for start in range(0, len(patches), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size]))
-            x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            x = ((x - self._mean) / self._std).contiguous(memory_format=self._memory_format)
+            x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
+            x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last, no copy
             with inference_context(self.device):
                 logits = self.module(x).float()
             if self.card.output == "sigmoid":
