@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from ome_zarr_models.v05 import image as ome_image
+from ome_zarr_models.v05 import image_label as ome_label
 
 from wsi_pipeline.cli import main
 from wsi_pipeline.heatmap import is_heatmap, read_heatmap
@@ -53,6 +55,10 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
         assert key in meta
     assert meta["complete"] is True and meta["devices"] == ["cpu"]
     assert len(meta["slide"]["sha256"]) == 64 and len(meta["model"]["weights_sha256"]) == 64
+    # An independent validator of the OME-Zarr 0.5 specification accepts the image and its label image.
+    image = ome_image.Image.from_zarr(root)
+    assert image.ome_attributes.multiscales[0].datasets[0].path == "0"
+    ome_label.ImageLabel.from_zarr(root["labels/tissue"])
 
 
 def test_complete_heatmap_is_kept_unless_overwrite(tmp_path, capsys, probe_model, good_slide):

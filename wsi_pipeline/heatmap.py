@@ -91,6 +91,13 @@ def _halve(values: np.ndarray, reduce: str) -> np.ndarray:
         return np.where(counts > 0, sums / counts, np.nan).astype(values.dtype)
 
 
+def _create_array(group: zarr.Group, name: str, **kwargs: object) -> zarr.Array:
+    """A compressed array whose dimension names are the NGFF axes (``c, y, x`` or ``y, x``)."""
+    shape = kwargs["data"].shape if "data" in kwargs else kwargs["shape"]
+    names = ("c", "y", "x")[-len(shape) :]
+    return group.create_array(name, dimension_names=names, compressors=_COMPRESSORS, **kwargs)
+
+
 class HeatmapWriter:
     """Creates the store, takes blocks of scores as they finish, and marks it complete at the end."""
 
@@ -104,19 +111,19 @@ class HeatmapWriter:
         self._shapes = level_shapes(grid.shape)
         rows, cols = grid.shape
         chunk = (min(block_cells, max(rows, 1)), min(block_cells, max(cols, 1)))
-        self.probabilities = self.root.create_array(
+        self.probabilities = _create_array(
+            self.root,
             "0",
             shape=(len(class_names), rows, cols),
             chunks=(len(class_names), *chunk),
             dtype="float32",
             fill_value=np.nan,
-            compressors=_COMPRESSORS,
         )
         labels = self.root.create_group("labels")
         labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["tissue"]}
         self.tissue_group = labels.create_group("tissue")
-        self.tissue = self.tissue_group.create_array(
-            "0", shape=(rows, cols), chunks=chunk, dtype="uint8", fill_value=0, compressors=_COMPRESSORS
+        self.tissue = _create_array(
+            self.tissue_group, "0", shape=(rows, cols), chunks=chunk, dtype="uint8", fill_value=0
         )
         self.root.attrs.update(self._ome_attrs(class_names, n_levels=1))
         self.tissue_group.attrs.update(self._tissue_attrs(n_levels=1))
@@ -157,18 +164,10 @@ class HeatmapWriter:
     def finalise(self, **metadata: object) -> None:
         """Build the coarser levels, then mark the heatmap complete (last, so a crash never claims it)."""
         probabilities, tissue = self.probabilities[...], self.tissue[...]
-        for level, shape in enumerate(self._shapes[1:], start=1):
+        for level in range(1, len(self._shapes)):
             probabilities, tissue = _halve(probabilities, "nanmean"), _halve(tissue, "max")
-            assert probabilities.shape[1:] == shape
-            self.root.create_array(
-                str(level),
-                data=probabilities,
-                chunks=probabilities.shape,
-                compressors=_COMPRESSORS,
-            )
-            self.tissue_group.create_array(
-                str(level), data=tissue, chunks=tissue.shape, compressors=_COMPRESSORS
-            )
+            _create_array(self.root, str(level), data=probabilities, chunks=probabilities.shape)
+            _create_array(self.tissue_group, str(level), data=tissue, chunks=tissue.shape)
         self.tissue_group.attrs.update(self._tissue_attrs(len(self._shapes)))
         self.metadata.update(metadata, complete=True)
         self.root.attrs.update(self._ome_attrs(self.metadata["class_names"], len(self._shapes)))
