@@ -154,3 +154,13 @@ def test_local_process_cluster_matches_in_process_run(tmp_path, capsys, probe_mo
     by_threads = read_heatmap(tmp_path / "threads" / "CMU-1-Small-Region.zarr")
     np.testing.assert_array_equal(by_processes.probabilities, by_threads.probabilities)
     assert by_processes.tissue.sum() > 40 and is_heatmap(tmp_path / "procs" / "CMU-1-Small-Region.zarr")
+
+
+def test_tissue_area_options_are_applied_and_recorded(tmp_path, capsys, probe_model, good_slide):
+    """The tissue rectangle is about 0.64 mm²: a 1 mm² minimum object area removes it; nothing is scored."""
+    args = (good_slide, "-o", tmp_path / "out", "--model", probe_model, "--tissue-min-um2", "1e6")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    heatmap = read_heatmap(tmp_path / "out" / "good.zarr")
+    assert heatmap.complete and not heatmap.tissue.any() and "(0 patches" in out
+    assert heatmap.metadata["tissue_min_um2"] == 1e6 and heatmap.metadata["tissue_max_hole_um2"] == 10_000

@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import InputError
 from .run import SCHEDULERS_HELP, ScoreOptions, score_slides
 from .slide import BACKENDS, SLIDE_SUFFIXES
+from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2
 
 
 def find_slides(inputs: list[str]) -> list[Path]:
@@ -44,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
     p.add_argument("--stride", type=int, help="target pixels between patches (default: the patch size)")
     p.add_argument("--tissue-threshold", type=float, default=0.5, help="min tissue fraction to score a patch")
+    p.add_argument("--tissue-min-um2", type=float, default=MIN_TISSUE_UM2, help="drop smaller tissue specks")
+    p.add_argument("--tissue-max-hole-um2", type=float, default=MAX_HOLE_UM2, help="fill smaller holes")
     p.add_argument("--block-cells", type=int, default=32, help="grid cells per block side (one read each)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ScoreOptions(
         stride=args.stride,
         tissue_threshold=args.tissue_threshold,
+        tissue_min_um2=args.tissue_min_um2,
+        tissue_max_hole_um2=args.tissue_max_hole_um2,
         block_cells=args.block_cells,
         batch_size=args.batch_size,
         device=args.device,

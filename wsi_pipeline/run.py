@@ -21,7 +21,7 @@ from .model import read_card, resolve_model_folder
 from .progress import Progress
 from .scoring import ModelSource, SlideSource, score_block
 from .slide import Slide
-from .tissue import TISSUE_MPP, detect_tissue
+from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP, detect_tissue
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
 # fixing that threshold turns off glibc's adaptive mmap threshold, and torch's large per-batch buffers then
@@ -39,6 +39,8 @@ class ScoreOptions:
     stride: int | None = None  # target pixels between cells; None = the model's patch size
     tissue_threshold: float = 0.5  # minimum tissue fraction of a patch for it to be scored
     tissue_mpp: float = TISSUE_MPP
+    tissue_min_um2: float = MIN_TISSUE_UM2  # tissue objects smaller than this are dropped
+    tissue_max_hole_um2: float = MAX_HOLE_UM2  # holes in tissue smaller than this are filled
     block_cells: int = 32  # block side in grid cells
     batch_size: int = 256
     device: str = "auto"
@@ -55,6 +57,8 @@ class ScoreOptions:
             raise ValueError("block size and batch size must be positive")
         if self.mpp is not None and self.mpp <= 0:
             raise ValueError("mpp must be positive")
+        if self.tissue_mpp <= 0 or self.tissue_min_um2 < 0 or self.tissue_max_hole_um2 < 0:
+            raise ValueError("tissue µm/px must be positive and tissue areas not negative")
 
 
 @dataclass
@@ -142,7 +146,12 @@ def score_slide(
     with Slide(slide_path, options.backend, options.mpp) as slide:
         slide_source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
-        tissue = detect_tissue(slide.thumbnail(options.tissue_mpp), options.tissue_mpp)
+        tissue = detect_tissue(
+            slide.thumbnail(options.tissue_mpp),
+            options.tissue_mpp,
+            min_tissue_um2=options.tissue_min_um2,
+            max_hole_um2=options.tissue_max_hole_um2,
+        )
     cells = tissue_fraction(grid, tissue) >= options.tissue_threshold
     if out_path.exists():
         remove_heatmap(out_path)
@@ -165,6 +174,9 @@ def score_slide(
         },
         "tissue_threshold": options.tissue_threshold,
         "tissue_mpp": options.tissue_mpp,
+        "tissue_min_um2": options.tissue_min_um2,
+        "tissue_max_hole_um2": options.tissue_max_hole_um2,
+        "tissue_saturation_threshold": tissue.threshold,
         "block_cells": options.block_cells,
         "package_version": package_version(),
         "started": started.isoformat(),

@@ -10,6 +10,8 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
 TISSUE_MPP = 8.0  # µm/px of the image the mask is computed on
+MIN_TISSUE_UM2 = 10_000.0  # smaller tissue objects (e.g. 100 × 100 µm) are dropped as specks
+MAX_HOLE_UM2 = 10_000.0  # smaller holes inside tissue are filled
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,8 @@ def detect_tissue(
     mpp: float,
     *,
     min_saturation: float = 0.05,
-    min_tissue_um2: float = 10_000.0,
-    max_hole_um2: float = 10_000.0,
+    min_tissue_um2: float = MIN_TISSUE_UM2,
+    max_hole_um2: float = MAX_HOLE_UM2,
     sigma_um: float = 8.0,
 ) -> TissueMask:
     """Tissue mask of an RGB image at ``mpp`` µm/px.
