@@ -130,7 +130,8 @@ def score_slide(
     options: ScoreOptions = ScoreOptions(),
     show_progress: bool = True,
 ) -> SlideResult:
-    """Score one slide into ``out_dir/<stem>.zarr`` on the cluster behind ``client``."""
+    """Score one slide into ``out_dir/<stem>.zarr`` with a model folder (or bundled model name) on the cluster
+    behind ``client``."""
     options.validate()
     started, clock = datetime.now(timezone.utc), time.monotonic()
     out_path = heatmap_path(slide_path, out_dir)
@@ -139,9 +140,10 @@ def score_slide(
             raise InputError(out_path, "exists and is not a wsi_pipeline heatmap; not overwriting it")
         if read_metadata(out_path).get("complete") and not options.overwrite:
             return SlideResult(Path(slide_path), "skipped", out_path, "complete heatmap exists (--overwrite)")
+    model_folder = resolve_model_folder(model_folder)
     card = read_card(model_folder)
     model_source = ModelSource(
-        str(Path(model_folder).resolve()), file_sha256(Path(model_folder) / card.weights), options.device
+        str(model_folder.resolve()), file_sha256(model_folder / card.weights), options.device
     )
     with Slide(slide_path, options.backend, options.mpp) as slide:
         slide_source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
@@ -186,9 +188,13 @@ def score_slide(
     blocks = [block for block in split_blocks(grid.shape, options.block_cells) if cells[block.cells].any()]
     n_patches = int(cells.sum())
     progress = Progress(n_patches, Path(slide_path).name) if show_progress else None
-    devices = _run_blocks(client, blocks, cells, slide_source, model_source, grid, options, writer, progress)
-    if progress is not None:
-        progress.close()
+    try:
+        devices = _run_blocks(
+            client, blocks, cells, slide_source, model_source, grid, options, writer, progress
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     seconds = time.monotonic() - clock
     writer.finalise(
         devices=sorted(devices),
