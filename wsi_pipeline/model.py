@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checksum import file_sha256
+from .cnn import CompactCNN
 from .device import inference_context
 from .errors import InputError
 
@@ -29,7 +30,7 @@ class ModelCard:
     """What a model is: enough to build it, feed it, and say honestly what it was trained on."""
 
     name: str
-    architecture: str  # a timm model name, or "centre_colour"
+    architecture: str  # a timm model name, "compact_cnn" or "centre_colour"
     class_names: list[str]
     output: str = "sigmoid"  # "sigmoid": one logit for the last class of two; "softmax": one per class
     patch_size: int = 96
@@ -79,6 +80,8 @@ def build_module(card: ModelCard) -> torch.nn.Module:
     """An untrained module for the card's architecture."""
     if card.architecture == "centre_colour":
         return CentreColour(card.n_outputs, **card.architecture_args)
+    if card.architecture == "compact_cnn":
+        return CompactCNN(card.n_outputs, **card.architecture_args)
     import timm
 
     return timm.create_model(
