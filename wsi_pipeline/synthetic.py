@@ -1,14 +1,21 @@
 """Synthetic slides with known content: scenes in level-0 coordinates, written as Aperio-style pyramidal TIFF.
 
-The writer streams tile by tile (each pyramid level rendered directly from the scene), so slides of any size
-are made in bounded memory, and openslide and tiffslide both read the result with its µm/px.
+The writer streams tile by tile, so slides of any size are made in bounded memory, and openslide and tiffslide
+both read the result with its µm/px. H&E-like scenes with ground truth are in ``synthetic_he``.
 """
 
 from __future__ import annotations
 
+import itertools
+import tempfile
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tifffile
@@ -52,27 +59,76 @@ class RectScene:
         return out
 
 
-def _tiles(scene: RectScene, width: int, height: int, downsample: float, tile: int) -> Iterator[np.ndarray]:
+class Scene(Protocol):
+    def render(
+        self, x0_level0: float, y0_level0: float, width: int, height: int, downsample: float
+    ) -> np.ndarray: ...
+
+
+def _render_row(scene: Scene, y0_level0: int, width0: int, tile: int) -> list[np.ndarray]:
+    return [scene.render(x, y0_level0, tile, tile, 1) for x in range(0, width0, tile)]
+
+
+def _level0_tiles(scene: Scene, width0: int, height0: int, tile: int, workers: int) -> Iterator[np.ndarray]:
+    """Level-0 tiles in row-major order, rendered by ``workers`` processes a bounded number of rows ahead."""
+    rows = iter(range(0, height0, tile))
+    if workers <= 1:
+        for y0_level0 in rows:
+            yield from _render_row(scene, y0_level0, width0, tile)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending = deque(pool.submit(_render_row, scene, y, width0, tile) for y in islice(rows, 2 * workers))
+        while pending:
+            row_tiles = pending.popleft().result()
+            for y0_level0 in islice(rows, 1):
+                pending.append(pool.submit(_render_row, scene, y0_level0, width0, tile))
+            yield from row_tiles
+
+
+def _reducing(tiles: Iterator[np.ndarray], n_cols: int, tile: int, ratio: int, out: np.ndarray | None):
+    """Pass ``tiles`` through, writing each one's ``ratio``× box-average into ``out`` (the next level)."""
+    small = tile // ratio
+    for index, pixels in enumerate(tiles):
+        if out is not None:
+            row, col = divmod(index, n_cols)
+            reduced = pixels.reshape(small, ratio, small, ratio, 3).mean(axis=(1, 3), dtype=np.float32)
+            out[row * small : (row + 1) * small, col * small : (col + 1) * small] = reduced + 0.5
+        yield pixels
+
+
+def _stored_tiles(level: np.ndarray, width: int, height: int, tile: int) -> Iterator[np.ndarray]:
     for y in range(0, height, tile):
         for x in range(0, width, tile):
-            yield scene.render(x * downsample, y * downsample, tile, tile, downsample)
+            pixels = np.full((tile, tile, 3), 255, np.uint8)
+            part = level[y : min(y + tile, height), x : min(x + tile, width)]
+            pixels[: part.shape[0], : part.shape[1]] = part
+            yield pixels
 
 
 def write_slide(
     path: str | Path,
-    scene: RectScene,
+    scene: Scene,
     width0: int,
     height0: int,
     mpp: float | None,
     downsamples: Sequence[int] = (1, 4, 16),
     tile: int = 256,
     quality: int = 95,
+    workers: int = 1,
 ) -> Path:
     """Write an Aperio-style SVS: tiled JPEG levels (level 0, then the reduced ones) and a thumbnail page.
 
-    ``mpp=None`` writes no µm/px, as some scanners' exports do.
+    Level 0 is rendered from the scene tile by tile (by ``workers`` processes); each reduced level is the box
+    average of the one before, kept in a temporary memory-mapped file beside ``path``, so memory stays bounded
+    for any slide size. ``mpp=None`` writes no µm/px, as some scanners' exports do.
     """
     path = Path(path)
+    steps = list(itertools.pairwise(downsamples))
+    ratios = [b // a for a, b in steps]
+    if downsamples[0] != 1 or any(
+        a * r != b or r < 2 or tile % r for (a, b), r in zip(steps, ratios, strict=True)
+    ):
+        raise ValueError("downsamples must start at 1 and grow by integer factors that divide the tile size")
     header = f"{_APERIO}\r\n{width0}x{height0} [0,0 {width0}x{height0}] ({tile}x{tile})"
     mpp_field = f"|MPP = {mpp}" if mpp is not None else ""
     options = {
@@ -82,12 +138,22 @@ def write_slide(
         "metadata": None,
     }
     bigtiff = width0 * height0 * 3 > 2**31
-    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tiff:
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}-") as scratch,
+        tifffile.TiffWriter(path, bigtiff=bigtiff) as tiff,
+    ):
+        tiles = _level0_tiles(scene, width0, height0, tile, workers)
         for index, downsample in enumerate(downsamples):
             width, height = max(1, width0 // downsample), max(1, height0 // downsample)
+            n_rows, n_cols = -(-height // tile), -(-width // tile)
+            ratio = ratios[index] if index < len(ratios) else None
+            reduced = None
+            if ratio is not None:
+                shape = (n_rows * tile // ratio, n_cols * tile // ratio, 3)
+                reduced = np.lib.format.open_memmap(Path(scratch) / f"{index + 1}.npy", "w+", np.uint8, shape)
             level_text = f" -> {width}x{height}" if downsample > 1 else ""
             tiff.write(
-                _tiles(scene, width, height, downsample, tile),
+                _reducing(tiles, n_cols, tile, ratio or 1, reduced),
                 shape=(height, width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
@@ -102,4 +168,7 @@ def write_slide(
                     description=f"{_APERIO}\r\n{width0}x{height0} -> {thumb_w}x{thumb_h} - ",
                     **options,
                 )
+            if reduced is not None:
+                next_width, next_height = max(1, width // ratio), max(1, height // ratio)
+                tiles = _stored_tiles(reduced, next_width, next_height, tile)
     return path
