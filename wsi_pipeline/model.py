@@ -1,12 +1,24 @@
-"""Model folders: a JSON card plus safetensors weights, loaded safely onto a device and run on uint8 patches.
+"""Model folders: a card plus weights, loaded safely onto a device and run on uint8 patches.
 
-A model folder holds ``model.json`` (the card) and the weights file it names. The card states the
-architecture, class names, output kind, input patch size, the µm/px the model expects, and normalisation.
+A model folder holds ``model.json`` (the card) and the weights file it names, or is a WSInfer model-zoo folder
+(WSInfer's ``config.json`` with ``model.safetensors``, ``pytorch_model.bin`` and/or ``torchscript_model.pt``),
+read as is. The card states the architecture, class names, output kind, input patch size, the µm/px the model
+expects, the size the model takes the patch at, and normalisation.
+
+Weights are safetensors or PyTorch state dicts (``.pt``/``.pth``/``.bin``/``.ckpt``) read with
+``torch.load(weights_only=True)``, which unpickles nothing but tensors and plain containers: a file pickling
+any other object is refused. TorchScript archives are loaded only when the card says ``"weights_format":
+"torchscript"`` (or a WSInfer folder has no state dict for a known architecture), with a warning: TorchScript
+runs code stored in the file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import pickle
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +35,14 @@ CARD_NAME = "model.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PCAM_MPP = 0.972  # PCam patches: level 2 of Camelyon16 slides scanned at ~0.243 µm/px
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # torch.save'd state dicts, read weights-only
+WEIGHTS_FORMATS = ("state_dict", "torchscript")
+# WSInfer model-zoo folders (github.com/SBU-BMI/wsinfer-zoo, wsinfer_zoo/client.py and model-config schema)
+WSINFER_CONFIG = "config.json"
+WSINFER_STATE_DICTS = ("model.safetensors", "pytorch_model.bin")  # weights for the timm architecture named
+WSINFER_TORCHSCRIPT = "torchscript_model.pt"
+WSINFER_KEYS = ("num_classes", "class_names", "patch_size_pixels", "spacing_um_px", "transform")
+WSINFER_TRANSFORMS = ("Resize", "ToTensor", "Normalize")
 
 
 @dataclass
@@ -30,10 +50,10 @@ class ModelCard:
     """What a model is: enough to build it, feed it, and say honestly what it was trained on."""
 
     name: str
-    architecture: str  # a timm model name, "compact_cnn" or "centre_colour"
+    architecture: str  # a timm name (or "timm:NAME"), "torchvision:NAME", "compact_cnn" or "centre_colour"
     class_names: list[str]
     output: str = "sigmoid"  # "sigmoid": one logit for the last class of two; "softmax": one per class
-    patch_size: int = 96
+    patch_size: int = 96  # patch side cut from the slide, pixels at ``mpp``
     mpp: float = PCAM_MPP
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -43,6 +63,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     license: str = ""
+    input_size: int | None = None  # side the model takes the patch at (resized on the device); None = as cut
+    weights_format: str = "state_dict"  # or "torchscript": the weights file is a TorchScript archive
 
     @property
     def n_outputs(self) -> int:
@@ -53,8 +75,15 @@ class ModelCard:
             raise ValueError(f"output must be 'sigmoid' or 'softmax', not {self.output!r}")
         if self.output == "sigmoid" and len(self.class_names) != 2:
             raise ValueError("a sigmoid output needs exactly two class names")
-        if self.patch_size <= 0 or self.mpp <= 0:
-            raise ValueError("patch_size and mpp must be positive")
+        if self.patch_size <= 0 or self.mpp <= 0 or (self.input_size is not None and self.input_size <= 0):
+            raise ValueError("patch_size, mpp and input_size must be positive")
+        if self.weights_format not in WEIGHTS_FORMATS:
+            raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, not {self.weights_format!r}")
+        if self.weights_format == "state_dict":
+            if Path(self.weights).suffix not in (".safetensors", *TORCH_SUFFIXES):
+                suffixes = "/".join((".safetensors", *TORCH_SUFFIXES))
+                raise ValueError(f"weights must be {suffixes}, not {self.weights}")
+            module_factory(self.architecture)
 
 
 class CentreColour(torch.nn.Module):
@@ -76,22 +105,42 @@ class CentreColour(torch.nn.Module):
         return self.linear(colour)
 
 
+def module_factory(architecture: str) -> Callable[..., torch.nn.Module]:
+    """The constructor of an architecture, called with ``num_classes`` and the card's ``architecture_args``;
+    ValueError for an unknown one."""
+    if architecture == "centre_colour":
+        return CentreColour
+    if architecture == "compact_cnn":
+        return CompactCNN
+    library, _, name = architecture.rpartition(":")
+    if library in ("", "timm"):
+        import timm
+
+        if timm.is_model(name):
+            return functools.partial(timm.create_model, name, pretrained=False)
+    elif library == "torchvision":
+        import torchvision
+
+        if name in torchvision.models.list_models():
+            return functools.partial(torchvision.models.get_model, name, weights=None)
+    raise ValueError(
+        f"unknown architecture {architecture!r} (a timm name, timm:NAME, torchvision:NAME, compact_cnn or "
+        "centre_colour)"
+    )
+
+
 def build_module(card: ModelCard) -> torch.nn.Module:
     """An untrained module for the card's architecture."""
-    if card.architecture == "centre_colour":
-        return CentreColour(card.n_outputs, **card.architecture_args)
-    if card.architecture == "compact_cnn":
-        return CompactCNN(card.n_outputs, **card.architecture_args)
-    import timm
-
-    return timm.create_model(
-        card.architecture, pretrained=False, num_classes=card.n_outputs, **card.architecture_args
-    )
+    return module_factory(card.architecture)(num_classes=card.n_outputs, **card.architecture_args)
 
 
 def save_model(folder: str | Path, module: torch.nn.Module, card: ModelCard) -> Path:
     """Write a model folder (card + safetensors weights)."""
     card.validate()
+    if card.weights_format != "state_dict" or Path(card.weights).suffix != ".safetensors":
+        raise ValueError(
+            f"save_model writes safetensors state dicts, not {card.weights_format} {card.weights}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
@@ -100,38 +149,143 @@ def save_model(folder: str | Path, module: torch.nn.Module, card: ModelCard) -> 
     return folder
 
 
+def wsinfer_card(config: object, folder: Path) -> ModelCard:
+    """A card for a WSInfer model-zoo folder from its ``config.json``: one output per class (softmax), or a
+    sigmoid for a one-class model; the Resize transform gives ``input_size``. Prefers a state dict for a known
+    architecture to the TorchScript archive."""
+    missing = [key for key in WSINFER_KEYS if key not in config] if isinstance(config, dict) else WSINFER_KEYS
+    if missing:
+        raise ValueError(f"not WSInfer's config: no {', '.join(missing)}")
+    arguments = {}
+    for step in config["transform"]:
+        if step["name"] not in WSINFER_TRANSFORMS:
+            raise ValueError(f"unsupported transform {step['name']!r} (only {', '.join(WSINFER_TRANSFORMS)})")
+        arguments[step["name"]] = step.get("arguments") or {}
+    size = arguments.get("Resize", {}).get("size")
+    sides = set(size) if isinstance(size, list) else {size}
+    if len(sides) != 1:
+        raise ValueError(f"Resize to a non-square size {size} is not supported")
+    names = list(config["class_names"])
+    if len(names) != config["num_classes"]:
+        raise ValueError("class_names and num_classes differ")
+    normalize = arguments.get("Normalize", {})
+    architecture = config.get("architecture", "")
+    state_dicts = [name for name in WSINFER_STATE_DICTS if (folder / name).is_file()]
+    try:
+        module_factory(architecture)
+    except ValueError:
+        state_dicts = []
+    if not state_dicts and not (folder / WSINFER_TORCHSCRIPT).is_file():
+        known = " or ".join(WSINFER_STATE_DICTS)
+        raise ValueError(f"no weights: {known} for a known architecture, or {WSINFER_TORCHSCRIPT}")
+    return ModelCard(
+        name=folder.resolve().name,
+        architecture=architecture,
+        class_names=names if len(names) > 1 else [f"not {names[0]}", names[0]],
+        output="softmax" if len(names) > 1 else "sigmoid",
+        patch_size=config["patch_size_pixels"],
+        mpp=config["spacing_um_px"],
+        mean=tuple(normalize.get("mean", (0.0, 0.0, 0.0))),
+        std=tuple(normalize.get("std", (1.0, 1.0, 1.0))),
+        weights=state_dicts[0] if state_dicts else WSINFER_TORCHSCRIPT,
+        weights_format="state_dict" if state_dicts else "torchscript",
+        input_size=sides.pop(),
+        description=f"WSInfer model-zoo folder, read as is from its {WSINFER_CONFIG}",
+        training={"source": "WSInfer model zoo", "wsinfer_config": config},
+    )
+
+
 def read_card(folder: str | Path) -> ModelCard:
-    """The card of a model folder, with a clear error naming what is wrong."""
+    """The card of a model folder (``model.json``, else WSInfer's ``config.json``), with a clear error naming
+    what is wrong."""
     folder = Path(folder)
-    card_path = folder / CARD_NAME
     if not folder.is_dir():
         raise InputError(folder, "model folder not found")
-    if not card_path.is_file():
-        raise InputError(folder, f"not a model folder (no {CARD_NAME})")
+    path = folder / CARD_NAME
+    if not path.is_file():
+        path = folder / WSINFER_CONFIG
+    if not path.is_file():
+        raise InputError(folder, f"not a model folder (no {CARD_NAME}, nor WSInfer's {WSINFER_CONFIG})")
+    kind = "model card" if path.name == CARD_NAME else "WSInfer model config"
     try:
-        card = ModelCard(**json.loads(card_path.read_text()))
+        config = json.loads(path.read_text())
+        card = ModelCard(**config) if path.name == CARD_NAME else wsinfer_card(config, folder)
         card.validate()
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise InputError(card_path, f"invalid model card ({error})") from None
+    except (json.JSONDecodeError, TypeError, ValueError, KeyError) as error:
+        raise InputError(path, f"invalid {kind} ({error})") from None
     if not (folder / card.weights).is_file():
-        raise InputError(folder / card.weights, "weights file named by the model card is missing")
+        raise InputError(folder / card.weights, f"weights file named by the {kind} is missing")
     return card
 
 
+def _summary(error: Exception) -> str:
+    """The first sentence of an error message, on one line."""
+    return " ".join(str(error).split()).split(". ")[0][:200]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a weights-only PyTorch checkpoint: a state dict, possibly wrapped
+    as ``{"state_dict": ...}`` or ``{"model": ...}``, with a DataParallel ``module.`` prefix removed."""
+    if path.suffix == ".safetensors":
+        try:
+            state: object = load_file(path)
+        except Exception as error:
+            raise InputError(path, f"not a safetensors file ({_summary(error)})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            problem = (
+                "refused: a weights-only load failed (it pickles objects other than tensors, or is corrupt)"
+            )
+            raise InputError(path, problem) from None
+        except Exception as error:
+            raise InputError(path, f"not a PyTorch weights file ({_summary(error)})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise InputError(path, "not a state dict of tensors")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def load_module(path: Path, card: ModelCard) -> torch.nn.Module:
+    """The card's module with its weights, on the CPU. A TorchScript archive runs code stored in the file, so
+    loading one warns."""
+    if card.weights_format == "torchscript":
+        warnings.warn(
+            f"{path}: loading TorchScript, which runs code stored in the file; use only models you trust",
+            UserWarning,
+            stacklevel=3,
+        )
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:
+            raise InputError(path, f"not a TorchScript archive ({_summary(error)})") from None
+    module = build_module(card)
+    try:
+        module.load_state_dict(read_state_dict(path))
+    except RuntimeError as error:
+        raise InputError(path, f"weights do not fit the card ({_summary(error)})") from None
+    return module
+
+
 class Model:
-    """A loaded model on a device, scoring uint8 RGB patches in batches."""
+    """A loaded model on a device, scoring uint8 RGB patches in batches.
+
+    Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
+    """
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
         self.folder = resolve_model_folder(folder)
         self.card = read_card(self.folder)
-        weights_path = self.folder / self.card.weights
-        self.weights_sha256 = file_sha256(weights_path)
+        self.weights_path = self.folder / self.card.weights
+        self.weights_sha256 = file_sha256(self.weights_path)
         self.device = device
-        module = build_module(self.card)
-        try:
-            module.load_state_dict(load_file(weights_path))
-        except Exception as error:
-            raise InputError(weights_path, f"weights do not fit the card ({type(error).__name__})") from None
+        module = load_module(self.weights_path, self.card)
         self.module = module.eval().to(device, memory_format=torch.channels_last)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
         std = torch.tensor(self.card.std, device=device)
@@ -139,14 +293,21 @@ class Model:
         self._shift = -torch.tensor(self.card.mean, device=device) / std
 
     def predict(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3)."""
+        """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3), resized (bilinear,
+        antialiased) to the card's ``input_size`` when that differs from H × W."""
+        size = self.card.input_size
         out = np.empty((len(patches), len(self.card.class_names)), np.float32)
         for start in range(0, len(patches), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size]))
             x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
             x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last, no copy
+            if size is not None and x.shape[-2:] != (size, size):
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
             with inference_context(self.device):
                 logits = self.module(x).float()
+            if logits.shape[1:] != (self.card.n_outputs,):
+                problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
+                raise InputError(self.weights_path, problem)
             if self.card.output == "sigmoid":
                 positive = torch.sigmoid(logits[:, 0])
                 probs = torch.stack([1 - positive, positive], dim=1)
