@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -23,7 +25,7 @@ class CompactCNN(nn.Module):
         if depth < 1 or width < 1:
             raise ValueError("depth and width must be positive")
         channels = [3] + [width * 2**i for i in range(depth)]
-        self.features = nn.Sequential(*(_block(a, b) for a, b in zip(channels, channels[1:], strict=False)))
+        self.features = nn.Sequential(*(_block(a, b) for a, b in itertools.pairwise(channels)))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels[-1], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ def tumour_at(polygons: list[np.ndarray], x_level0: np.ndarray, y_level0: np.nda
 
 
 def _square_samples(x0: np.ndarray, y0: np.ndarray, side: float, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Sample points (per box, n × n at sub-square centres) of the squares ``[x0, x0+side) × [y0, y0+side)``."""
+    """n × n sample points per square ``[x0, x0+side) × [y0, y0+side)``, at the centres of its sub-squares."""
     offsets = (np.arange(n) + 0.5) * side / n
     x = x0[:, None, None] + offsets[None, None, :]
     y = y0[:, None, None] + offsets[None, :, None]
@@ -130,7 +130,7 @@ def patch_labels(
 
 
 def _random_points_in(polygons: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points uniformly inside the union of polygons (rejection sampling in a polygon chosen by area)."""
+    """``n`` points uniformly inside the union of polygons (rejection sampling; polygons chosen by area)."""
     areas = np.array([polygon_area(ring) for ring in polygons])
     chosen = rng.choice(len(polygons), size=n, p=areas / areas.sum())
     out = np.empty((n, 2))
@@ -174,7 +174,7 @@ def sample_patches(
                 * tissue_ds,
             ]
         )
-        # patch corners in target pixels, whole numbers so that every patch is read on the same sampling lattice
+        # patch corners in whole target pixels: every patch is read on the same sampling lattice
         x0_out = np.round(centres_level0[:, 0] / ds - PATCH / 2)
         y0_out = np.round(centres_level0[:, 1] / ds - PATCH / 2)
         centre_label, any_tumour = patch_labels(polygons, x0_out * ds, y0_out * ds, ds)
@@ -183,8 +183,8 @@ def sample_patches(
         )
     meta = [
         {
-            "coord_y": int(round(y * ds)),
-            "coord_x": int(round(x * ds)),
+            "coord_y": round(y * ds),
+            "coord_x": round(x * ds),
             "tumor_patch": bool(a),
             "center_tumor_patch": bool(c),
             "wsi": Path(slide_path).name,
