@@ -354,9 +354,7 @@ def truth_geojson(scene: HEScene, n_vertices: int = 256) -> dict:
     """The metastases as a GeoJSON FeatureCollection of QuPath annotations in level-0 pixel coordinates."""
     features = []
     for index, blob in enumerate(scene.metastases):
-        ring = blob.polygon(n_vertices)
-        # GeoJSON exterior rings are counter-clockwise in a y-up frame, i.e. clockwise in image coordinates
-        ring = ring[::-1]
+        ring = blob.polygon(n_vertices)  # counter-clockwise (positive signed area), as RFC 7946 asks
         closed = np.vstack([ring, ring[:1]])
         features.append(
             {

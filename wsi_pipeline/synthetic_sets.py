@@ -19,6 +19,7 @@ from PIL import Image
 from skimage.measure import points_in_poly
 
 from .datasets import write_pcam_split
+from .errors import InputError
 from .model import PCAM_MPP
 from .slide import Slide
 from .synthetic import write_slide
@@ -91,7 +92,10 @@ def write_synthetic_slide(
 
 def read_truth_polygons(slide_path: str | Path) -> list[np.ndarray]:
     """The ground-truth tumour polygons of a synthetic slide, (n, 2) arrays of level-0 (x, y)."""
-    geojson = json.loads(truth_paths(slide_path)["geojson"].read_text())
+    path = truth_paths(slide_path)["geojson"]
+    if not path.is_file():
+        raise InputError(slide_path, f"no ground truth beside it ({path.name}); is it a wsi-synth slide?")
+    geojson = json.loads(path.read_text())
     return [np.asarray(f["geometry"]["coordinates"][0], np.float64) for f in geojson["features"]]
 
 
