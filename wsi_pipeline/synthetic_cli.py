@@ -1,4 +1,4 @@
-"""``wsi-synth``: synthetic lymph-node slides with ground truth, and PCam-format patch sets sampled from them."""
+"""``wsi-synth``: synthetic slides with ground truth, and PCam-format patch sets drawn from them."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .polygons import max_diameter, polygon_area
+
 BACKGROUND, STROMA, LYMPHOID, TUMOUR = 0, 1, 2, 3
 LABEL_NAMES = ("background", "stroma", "lymphoid", "tumour")
 # Stain optical-density vectors (Ruifrok & Johnston), before per-slide variation
@@ -336,18 +338,6 @@ def _touching(a: Blob, b: Blob) -> bool:
     distance = np.hypot(a.x_level0 - b.x_level0, a.y_level0 - b.y_level0)
     reach = (a.bbox_level0[2] - a.x_level0) + (b.bbox_level0[2] - b.x_level0)
     return bool(distance < reach * 1.1)
-
-
-def polygon_area(vertices: np.ndarray) -> float:
-    """Area of a simple polygon (shoelace), in the squared units of its vertices."""
-    x, y = vertices[:, 0], vertices[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
-
-
-def max_diameter(vertices: np.ndarray) -> float:
-    """Largest distance between two vertices (a polygon's longest diameter)."""
-    diff = vertices[:, None, :] - vertices[None, :, :]
-    return float(np.sqrt((diff**2).sum(-1)).max())
 
 
 def truth_geojson(scene: HEScene, n_vertices: int = 256) -> dict:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage.measure import points_in_poly
 
 from .datasets import write_pcam_split
 from .errors import InputError
 from .model import PCAM_MPP
+from .polygons import points_in_polygons, polygon_area
 from .slide import Slide
 from .synthetic import write_slide
-from .synthetic_he import make_scene, polygon_area, truth_geojson
+from .synthetic_he import make_scene, truth_geojson
 from .tissue import TISSUE_MPP, detect_tissue
 
 MASK_DOWNSAMPLE = 16
@@ -99,18 +99,6 @@ def read_truth_polygons(slide_path: str | Path) -> list[np.ndarray]:
     return [np.asarray(f["geometry"]["coordinates"][0], np.float64) for f in geojson["features"]]
 
 
-def tumour_at(polygons: list[np.ndarray], x_level0: np.ndarray, y_level0: np.ndarray) -> np.ndarray:
-    """Whether level-0 points (1-D arrays) lie inside any of the polygons."""
-    points = np.stack([x_level0, y_level0], axis=1)
-    out = np.zeros(len(points), bool)
-    for ring in polygons:
-        (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
-        near = (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
-        if near.any():
-            out[near] |= points_in_poly(points[near], ring)
-    return out
-
-
 def _square_samples(x0: np.ndarray, y0: np.ndarray, side: float, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """n × n sample points per square ``[x0, x0+side) × [y0, y0+side)``, at the centres of its sub-squares."""
     offsets = (np.arange(n) + 0.5) * side / n
@@ -127,9 +115,11 @@ def patch_labels(
     8 × 8 points per centre square and 24 × 24 per patch, i.e. every 4 target px."""
     n = len(x0_level0)
     offset = (PATCH - CENTRE) / 2 * ds
-    centre = tumour_at(polygons, *_square_samples(x0_level0 + offset, y0_level0 + offset, CENTRE * ds))
+    centre = points_in_polygons(
+        polygons, *_square_samples(x0_level0 + offset, y0_level0 + offset, CENTRE * ds)
+    )
     centre = centre.reshape(n, -1).any(axis=1)
-    anywhere = tumour_at(polygons, *_square_samples(x0_level0, y0_level0, PATCH * ds, 24))
+    anywhere = points_in_polygons(polygons, *_square_samples(x0_level0, y0_level0, PATCH * ds, 24))
     return centre, anywhere.reshape(n, -1).any(axis=1) | centre
 
 
@@ -144,7 +134,7 @@ def _random_points_in(polygons: list[np.ndarray], n: int, rng: np.random.Generat
         (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
         while len(todo):
             candidates = rng.uniform((x0, y0), (x1, y1), size=(len(todo) * 2 + 8, 2))
-            inside = candidates[points_in_poly(candidates, ring)][: len(todo)]
+            inside = candidates[points_in_polygons([ring], *candidates.T)][: len(todo)]
             out[todo[: len(inside)]] = inside
             todo = todo[len(inside) :]
     return out

@@ -1,0 +1,32 @@
+"""Polygon measurements in level-0 pixels: area, longest diameter, and which points lie inside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from skimage.measure import points_in_poly
+
+
+def polygon_area(vertices: np.ndarray) -> float:
+    """Area of a simple polygon (shoelace), in the squared units of its vertices."""
+    x, y = vertices[:, 0], vertices[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def max_diameter(vertices: np.ndarray) -> float:
+    """Largest distance between two vertices (a polygon's longest diameter)."""
+    diff = vertices[:, None, :] - vertices[None, :, :]
+    return float(np.sqrt((diff**2).sum(-1)).max())
+
+
+def points_in_polygons(polygons: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether points (1-D arrays x, y) lie inside any of the polygons ((n, 2) rings of (x, y))."""
+    points = np.stack([x, y], axis=1)
+    out = np.zeros(len(points), bool)
+    for ring in polygons:
+        (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
+        near = (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
+        if near.any():
+            out[near] |= points_in_poly(points[near], ring)
+    return out
