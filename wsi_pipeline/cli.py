@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .model import DEFAULT_MODEL
 from .run import SCHEDULERS_HELP, ScoreOptions, score_slides
 from .slide import BACKENDS, SLIDE_SUFFIXES
 from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2
@@ -38,7 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("slides", nargs="+", help="slide files or folders of slides")
     p.add_argument("-o", "--out", default="results", help="output folder (default: results)")
     p.add_argument(
-        "--model", required=True, help="model folder (model.json + weights) or a bundled model's name"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model folder, WSInfer model folder, or a bundled model's name (default: {DEFAULT_MODEL}, "
+        "trained on synthetic data: for demonstration and testing, not for diagnosis)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="slide reader")

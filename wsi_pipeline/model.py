@@ -32,6 +32,7 @@ from .device import inference_context
 from .errors import InputError
 
 CARD_NAME = "model.json"
+DEFAULT_MODEL = "synthetic-pcam-cnn"  # bundled in models/; trained on synthetic data only
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PCAM_MPP = 0.972  # PCam patches: level 2 of Camelyon16 slides scanned at ~0.243 µm/px

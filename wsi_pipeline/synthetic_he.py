@@ -274,7 +274,7 @@ def make_scene(
 ) -> HEScene:
     """A random lymph-node-like scene: 1-3 tissue islands covering about a third of the slide, lymphoid areas,
     fibrous areas, and ``n_metastases`` metastases (default: 0-4 at random) with diameters drawn
-    log-uniformly from ``metastasis_diameter_um``, each lying wholly inside one island."""
+    log-uniformly from ``metastasis_diameter_um`` (capped at what fits), each wholly inside one island."""
     rng = np.random.default_rng(seed)
     um = 1 / mpp  # level-0 pixels per µm
     n_islands = int(rng.integers(1, 4))
@@ -306,16 +306,18 @@ def make_scene(
     n_metastases = int(rng.integers(0, 5)) if n_metastases is None else n_metastases
     metastases: list[Blob] = []
     low, high = np.log(metastasis_diameter_um[0]), np.log(metastasis_diameter_um[1])
-    attempts = 0
-    while len(metastases) < n_metastases and attempts < 200 * max(n_metastases, 1):
-        attempts += 1
-        island = islands[int(rng.integers(len(islands)))]
-        radius = 0.5 * np.exp(rng.uniform(low, high)) * um
-        blob = _random_blob(rng, *point_in(island, 0.85), radius, roughness=rng.uniform(0.2, 0.9))
-        if _inside(island, blob) and not any(_touching(blob, other) for other in metastases):
-            metastases.append(blob)
-    if len(metastases) < n_metastases:
-        raise ValueError(f"could not place {n_metastases} metastases of that size inside the tissue")
+    while len(metastases) < n_metastases:
+        diameter_um = np.exp(rng.uniform(low, high))
+        for _ in range(100):  # places for a metastasis of this size
+            island = islands[int(rng.integers(len(islands)))]
+            blob = _random_blob(rng, *point_in(island, 0.85), diameter_um / 2 * um, rng.uniform(0.2, 0.9))
+            if _inside(island, blob) and not any(_touching(blob, other) for other in metastases):
+                metastases.append(blob)
+                break
+        else:  # nothing this large fits: draw smaller ones from now on
+            if diameter_um <= metastasis_diameter_um[0] * 1.01:
+                raise ValueError(f"no room for {n_metastases} metastases in this tissue")
+            high = np.log(diameter_um)
 
     h_od = np.asarray(HAEMATOXYLIN_OD) * rng.uniform(0.85, 1.15, 3)
     e_od = np.asarray(EOSIN_OD) * rng.uniform(0.85, 1.15, 3)

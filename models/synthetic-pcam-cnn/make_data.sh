@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The synthetic PCam-format data the bundled default model was trained on. Run from any folder:
+#   bash models/synthetic-pcam-cnn/make_data.sh DATA_DIR
+# Writes DATA_DIR/slides/{train,valid,test} (synthetic slides + truth files) and DATA_DIR/pcam (the three
+# PCam HDF5 splits with meta CSVs). Deterministic: same code, same files. ~25 min on 2 cores.
+set -euo pipefail
+data=${1:?usage: make_data.sh DATA_DIR}
+synth() { wsi-synth slides "$data/slides/$1" --count "$2" --width 8000 --height 6000 --mpp "$3" --seed "$4" \
+    --diameter-um 30 "$5" --negative-fraction 0.25; }
+synth train 12 0.5 12 1500
+synth train 6 0.25 13 600
+synth valid 4 0.5 2 1500
+synth test 4 0.5 3 1500
+wsi-synth patches "$data/slides/train" --out "$data/pcam" --split train --per-slide 1000 --seed 1
+wsi-synth patches "$data/slides/valid" --out "$data/pcam" --split valid --per-slide 750 --seed 2
+wsi-synth patches "$data/slides/test" --out "$data/pcam" --split test --per-slide 750 --seed 3
