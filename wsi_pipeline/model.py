@@ -289,9 +289,7 @@ class Model:
         module = load_module(self.weights_path, self.card)
         self.module = module.eval().to(device, memory_format=torch.channels_last)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
-        std = torch.tensor(self.card.std, device=device)
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = -torch.tensor(self.card.mean, device=device) / std
+        self._scale, self._shift = normalisation(self.card, device)
 
     def predict(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3), resized (bilinear,
@@ -309,13 +307,24 @@ class Model:
             if logits.shape[1:] != (self.card.n_outputs,):
                 problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
                 raise InputError(self.weights_path, problem)
-            if self.card.output == "sigmoid":
-                positive = torch.sigmoid(logits[:, 0])
-                probs = torch.stack([1 - positive, positive], dim=1)
-            else:
-                probs = torch.softmax(logits, dim=1)
-            out[start : start + len(batch)] = probs.cpu().numpy()
+            out[start : start + len(batch)] = probabilities(logits, self.card.output).cpu().numpy()
         return out
+
+
+def normalisation(card: ModelCard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel that take uint8 values to the card's normalised input in one multiply-add:
+    ``x · 1/(255 std) − mean/std``."""
+    std = torch.tensor(card.std, device=device)
+    return 1.0 / (255.0 * std), -torch.tensor(card.mean, device=device) / std
+
+
+def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Class probabilities (N, classes) from logits: one sigmoid logit for the last of two classes, else
+    softmax."""
+    if output == "sigmoid":
+        positive = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
 
 
 def bundled_models_dir() -> Path:

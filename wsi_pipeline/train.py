@@ -34,7 +34,7 @@ from .datasets import PatchDataset
 from .device import inference_context
 from .errors import InputError
 from .evaluate import index_batches, patch_metrics, read_batches
-from .model import PCAM_MPP, ModelCard, build_module, save_model
+from .model import PCAM_MPP, ModelCard, build_module, normalisation, probabilities, save_model
 from .plots import plot_learning_curves, plot_roc
 from .progress import Progress
 
@@ -99,9 +99,7 @@ class InputNormaliser:
     computes it: ``x · 1/(255 std) − mean/std``."""
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
-        std = torch.tensor(card.std, device=device)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -torch.tensor(card.mean, device=device) / std
+        self.scale, self.shift = normalisation(card, device)
         self.device = device
 
     def __call__(
@@ -115,15 +113,6 @@ class InputNormaliser:
             x = augment(x.permute(0, 3, 1, 2).div_(255), config, generator).permute(0, 2, 3, 1).mul_(255)
         x = x.mul_(self.scale).add_(self.shift)
         return x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-
-
-def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
-    """Class probabilities (N, classes) from logits: one sigmoid logit for the last of two classes, else
-    softmax."""
-    if output == "sigmoid":
-        positive = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - positive, positive], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor, output: str) -> torch.Tensor:
