@@ -328,8 +328,9 @@ def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
 
 
 def bundled_models_dir() -> Path:
-    """The project's top-level ``models/`` folder."""
-    return Path(__file__).resolve().parent.parent / "models"
+    """Bundled model folders: ``wsi_pipeline/models`` in a wheel, else the checkout's ``models/``."""
+    installed = Path(__file__).resolve().parent / "models"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "models"
 
 
 def resolve_model_folder(name_or_path: str | Path) -> Path:
