@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from wsi_pipeline.datasets import open_patch_dataset, write_class_folders, write_pcam_split
 from wsi_pipeline.evaluate import evaluate_patches, patch_metrics, predict_tta
 from wsi_pipeline.evaluate_cli import main
-from wsi_pipeline.model import Model, ModelCard, build_module, save_model
+from wsi_pipeline.model import Model, ModelCard, build_module, read_card, save_model
 
 from .test_train import DARK, LIGHT, MID, colour_patches
 
@@ -139,3 +140,19 @@ def test_errors_are_one_line_naming_the_file(tmp_path, capsys, model_folder, pca
     write_class_folders(tmp_path / "three", patches, labels, ["a", "b", "c"])
     code, _, err = run(capsys, "--model", model_folder, tmp_path / "three")
     assert code == 2 and "differ" in err and err.count("\n") == 1
+
+
+def test_record_stores_the_metrics_in_the_card(tmp_path, capsys, model_folder, pcam):
+    folder = tmp_path / "copy"
+    shutil.copytree(model_folder, folder)
+    weights = (folder / "weights.safetensors").read_bytes()
+    code, _, err = run(capsys, "--model", folder, pcam, "--record", "test", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    card = read_card(folder)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert card.metrics["test"]["auc"] == results["metrics"]["auc"]
+    assert (
+        card.metrics["test"]["data"]["format"] == "pcam"
+        and "--record test" in card.metrics["test"]["command"]
+    )
+    assert (folder / "weights.safetensors").read_bytes() == weights and not list(folder.glob("*.partial"))

@@ -15,7 +15,7 @@ from .datasets import open_patch_dataset
 from .device import resolve_device
 from .errors import InputError
 from .evaluate import evaluate_patches
-from .model import Model
+from .model import Model, record_metrics
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="PCam split to evaluate (default: test)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations of each patch")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--record", metavar="NAME", help="also store the metrics in the model's card, under metrics.NAME"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -93,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.json is not None:
             write_json(args.json, results)
+        if args.record:
+            command = " ".join(["wsi-eval", *(argv if argv is not None else sys.argv[1:])])
+            record_metrics(
+                model.folder, args.record, {**results["metrics"], "data": results["data"], "command": command}
+            )
     except (InputError, ValueError) as error:
         print(f"wsi-eval: error: {error}", file=sys.stderr)
         return 2

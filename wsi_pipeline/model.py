@@ -146,7 +146,7 @@ def save_model(folder: str | Path, module: torch.nn.Module, card: ModelCard) -> 
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
     save_file(state, folder / card.weights)
-    (folder / CARD_NAME).write_text(json.dumps(asdict(card), indent=2) + "\n")
+    write_card(folder, card)
     return folder
 
 
@@ -309,6 +309,23 @@ class Model:
                 raise InputError(self.weights_path, problem)
             out[start : start + len(batch)] = probabilities(logits, self.card.output).cpu().numpy()
         return out
+
+
+def record_metrics(folder: str | Path, key: str, entry: dict) -> None:
+    """Store ``entry`` in a model folder's card under ``metrics[key]`` (the card is rewritten atomically)."""
+    folder = Path(folder)
+    if not (folder / CARD_NAME).is_file():
+        raise InputError(folder, f"metrics can only be recorded in a {CARD_NAME} card")
+    card = read_card(folder)
+    card.metrics[key] = entry
+    write_card(folder, card)
+
+
+def write_card(folder: Path, card: ModelCard) -> None:
+    """Write ``model.json`` atomically (a reader never sees half a card)."""
+    partial = folder / f"{CARD_NAME}.partial"
+    partial.write_text(json.dumps(asdict(card), indent=2) + "\n")
+    partial.replace(folder / CARD_NAME)
 
 
 def normalisation(card: ModelCard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
