@@ -20,6 +20,7 @@ from wsi_pipeline.heatmap import read_heatmap
 from wsi_pipeline.model import DEFAULT_MODEL
 from wsi_pipeline.run import ScoreOptions, score_slides
 from wsi_pipeline.synthetic_cli import slide_plan
+from wsi_pipeline.synthetic_he import make_scene
 from wsi_pipeline.synthetic_sets import read_truth_polygons, truth_paths, write_synthetic_slide
 from wsi_pipeline.truth_eval import evaluate_heatmap, summarise
 
@@ -48,10 +49,8 @@ def main() -> None:
     for index, (seed, n_metastases) in enumerate(slide_plan(args.slides, args.seed, 0.5, 3)):
         path = slides_dir / f"heldout_{args.seed}_{index:03d}.svs"
         if not truth_paths(path)["json"].is_file():
-            write_synthetic_slide(
-                path, args.width, args.height, args.mpp, seed, n_metastases, tuple(args.diameter_um),
-                workers=args.workers,
-            )  # fmt: skip
+            scene = make_scene(args.width, args.height, args.mpp, seed, n_metastases, tuple(args.diameter_um))
+            write_synthetic_slide(path, scene, workers=args.workers)
         paths.append(path)
     print(f"slides ready in {time.perf_counter() - start:.0f} s")
 

@@ -27,6 +27,15 @@ def probe_model(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("models") / "probe", module, card)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine, tiny parallel ops wait for a second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def client():
     with dask_client("threads", n_workers=2) as running:

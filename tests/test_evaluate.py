@@ -17,14 +17,7 @@ from wsi_pipeline.model import Model, ModelCard, build_module, read_card, save_m
 
 from .test_train import DARK, LIGHT, MID, colour_patches
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, tiny parallel ops wait for a second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,13 @@ from wsi_pipeline.synthetic_sets import (
 )
 
 WIDTH0, HEIGHT0, MPP = 3200, 2400, 0.5
+SCENE = make_scene(WIDTH0, HEIGHT0, MPP, seed=5, n_metastases=3, metastasis_diameter_um=(40, 400))
 
 
 @pytest.fixture(scope="module")
 def he_slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("he") / "node.svs"
-    truth = write_synthetic_slide(
-        path, WIDTH0, HEIGHT0, MPP, seed=5, n_metastases=3, metastasis_diameter_um=(40, 400)
-    )
+    truth = write_synthetic_slide(path, SCENE)
     return path, truth
 
 
@@ -74,7 +73,6 @@ def test_truth_files_agree_with_each_other(he_slide):
 
 def test_slide_pixels_show_the_scene(he_slide):
     path, _ = he_slide
-    scene = make_scene(WIDTH0, HEIGHT0, MPP, seed=5, n_metastases=3, metastasis_diameter_um=(40, 400))
     with Slide(path, backend="openslide") as a, Slide(path, backend="tiffslide") as b:
         assert a.mpp == b.mpp == MPP and a.level_dimensions == b.level_dimensions
         assert a.level_dimensions == (
@@ -93,33 +91,25 @@ def test_slide_pixels_show_the_scene(he_slide):
     ds = 8.0 / MPP
     h, w = tissue.mask.shape
     x, y = (np.arange(w) + 0.5) * ds, (np.arange(h) + 0.5) * ds
-    labels = scene.labels(x[None, :], y[:, None])
+    labels = SCENE.labels(x[None, :], y[:, None])
     truth_tissue = labels > 0
     iou = (truth_tissue & tissue.mask).sum() / (truth_tissue | tissue.mask).sum()
     assert iou > 0.95
     assert tissue.mask[labels == TUMOUR].mean() > 0.99
     # tumour is darker (more haematoxylin) than stroma; lymphoid tissue is a good part of the node
     x0, y0 = (np.arange(WIDTH0) + 0.5), (np.arange(HEIGHT0) + 0.5)
-    labels0 = scene.labels(x0[None, :], y0[:, None])
+    labels0 = SCENE.labels(x0[None, :], y0[:, None])
     brightness = level0.mean(axis=2)
     assert brightness[labels0 == TUMOUR].mean() < brightness[labels0 == STROMA].mean() - 20
     assert (labels0 == LYMPHOID).sum() > 0.3 * (labels0 > 0).sum()
 
 
 def test_same_seed_same_file_with_any_number_of_workers(tmp_path):
-    a = write_synthetic_slide(
-        tmp_path / "a.svs", 1500, 1100, 0.5, seed=9, n_metastases=1, metastasis_diameter_um=(40, 100)
-    )
-    b = write_synthetic_slide(
-        tmp_path / "b.svs",
-        1500,
-        1100,
-        0.5,
-        seed=9,
-        n_metastases=1,
-        metastasis_diameter_um=(40, 100),
-        workers=2,
-    )
+    # the same seed makes the same scene; the same scene makes the same file, however it is rendered
+    assert make_scene(1500, 1100, 0.5, 9, 1, (40, 100)) == make_scene(1500, 1100, 0.5, 9, 1, (40, 100))
+    scene = make_scene(1500, 1100, 0.5, 9, 1, (40, 100))
+    a = write_synthetic_slide(tmp_path / "a.svs", scene)
+    b = write_synthetic_slide(tmp_path / "b.svs", scene, workers=2)
     assert a["metastases"] == b["metastases"]
     assert file_sha256(tmp_path / "a.svs") == file_sha256(tmp_path / "b.svs")
     assert not list(tmp_path.glob(".*"))  # the pyramid's scratch files are gone
@@ -141,7 +131,6 @@ def test_patch_labels_follow_pcam_centre_rule():
 
 def test_sampled_patches_are_labelled_by_the_truth(he_slide):
     path, _ = he_slide
-    scene = make_scene(WIDTH0, HEIGHT0, MPP, seed=5, n_metastases=3, metastasis_diameter_um=(40, 400))
     patches, labels, meta = sample_patches(path, 60, np.random.default_rng(0), positive_fraction=0.5)
     assert patches.shape == (60, 96, 96, 3) and patches.dtype == np.uint8
     assert labels.sum() >= 30  # the tumour-centred half, plus any tissue patch that happens to hit tumour
@@ -152,8 +141,8 @@ def test_sampled_patches_are_labelled_by_the_truth(he_slide):
         offsets = (np.arange(32) + 0.5) * ds
         x = row["coord_x"] + 32 * ds + offsets
         y = row["coord_y"] + 32 * ds + offsets
-        exact = scene.tumour(x[None, :], y[:, None]).any()
-        assert exact == bool(label) or abs(scene.tumour(x[None, :], y[:, None]).mean()) < 0.01
+        exact = SCENE.tumour(x[None, :], y[:, None]).any()
+        assert exact == bool(label) or abs(SCENE.tumour(x[None, :], y[:, None]).mean()) < 0.01
         if label:
             assert patch[32:64, 32:64].mean() < 200  # tumour centres are stained, never background
 

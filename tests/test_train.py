@@ -43,13 +43,7 @@ def colour_patches(n: int, colours: list[tuple[int, int, int]], seed: int) -> tu
     return np.clip(means + noise, 0, 255).astype(np.uint8), labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, tiny parallel ops wait for a second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 
 from .cli import find_slides
 from .errors import InputError
+from .synthetic_he import make_scene
 from .synthetic_sets import write_patch_split, write_synthetic_slide
 
 
@@ -59,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             plan = slide_plan(args.count, args.seed, args.negative_fraction, args.max_metastases)
             for index, (slide_seed, n_metastases) in enumerate(plan):
                 path = out / f"{args.prefix}_{args.seed}_{index:03d}.svs"
-                truth = write_synthetic_slide(
-                    path, args.width, args.height, args.mpp, slide_seed, n_metastases,
-                    tuple(args.diameter_um), workers=args.workers,
-                )  # fmt: skip
+                diameters = tuple(args.diameter_um)
+                scene = make_scene(args.width, args.height, args.mpp, slide_seed, n_metastases, diameters)
+                truth = write_synthetic_slide(path, scene, workers=args.workers)
                 sizes = ", ".join(f"{m['diameter_um'] / 1000:.2f}" for m in truth["metastases"]) or "none"
                 print(f"{path}: metastases (longest diameter, mm): {sizes}")
         else:

@@ -23,7 +23,7 @@ from .model import PCAM_MPP
 from .polygons import points_in_polygons, polygon_area
 from .slide import Slide
 from .synthetic import write_slide
-from .synthetic_he import make_scene, truth_geojson
+from .synthetic_he import HEScene, truth_geojson
 from .tissue import TISSUE_MPP, detect_tissue
 
 MASK_DOWNSAMPLE = 16
@@ -44,20 +44,17 @@ def truth_paths(slide_path: str | Path) -> dict[str, Path]:
 
 def write_synthetic_slide(
     path: str | Path,
-    width0: int,
-    height0: int,
-    mpp: float,
-    seed: int,
-    n_metastases: int | None = None,
-    metastasis_diameter_um: tuple[float, float] = (30.0, 3000.0),
+    scene: HEScene,
     downsamples: Sequence[int] = (1, 4, 16),
     quality: int = 90,
     workers: int = 1,
 ) -> dict:
-    """Write a synthetic lymph-node slide and its ground truth; return the truth record."""
+    """Write a synthetic lymph-node slide (e.g. of ``make_scene(...)``) and its ground truth; return the truth
+    record."""
     path = Path(path)
-    scene = make_scene(width0, height0, mpp, seed, n_metastases, metastasis_diameter_um)
-    write_slide(path, scene, width0, height0, mpp, downsamples, quality=quality, workers=workers)
+    write_slide(
+        path, scene, scene.width0, scene.height0, scene.mpp, downsamples, quality=quality, workers=workers
+    )
     files = truth_paths(path)
     geojson = truth_geojson(scene)
     files["geojson"].write_text(json.dumps(geojson) + "\n")
@@ -75,12 +72,11 @@ def write_synthetic_slide(
         )
     truth = {
         "slide": path.name,
-        "width0": width0,
-        "height0": height0,
-        "mpp": mpp,
-        "seed": seed,
+        "width0": scene.width0,
+        "height0": scene.height0,
+        "mpp": scene.mpp,
+        "seed": scene.seed,
         "generator": "wsi_pipeline.synthetic_he.make_scene",
-        "metastasis_diameter_um": list(metastasis_diameter_um),
         "mask": {"file": files["mask"].name, "downsample": MASK_DOWNSAMPLE},
         "geojson": files["geojson"].name,
         "metastases": metastases,
