@@ -67,6 +67,7 @@ def card_of(folder: Path) -> dict:
 
 def test_one_epoch_writes_a_model_folder_that_loads_and_predicts(tmp_path, capsys, pcam):
     args = [str(pcam), "--out", str(tmp_path / "m"), *TINY, "--epochs", "1", "--seed", "3", "-q"]
+    args += ["--note", "Trained on colour blobs."]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == f"ok {tmp_path / 'm'}"
     folder = tmp_path / "m"
@@ -76,6 +77,7 @@ def test_one_epoch_writes_a_model_folder_that_loads_and_predicts(tmp_path, capsy
     training = card["training"]
     assert training["command"] == shlex.join(["wsi-train", *args])
     assert card["class_names"] == ["normal", "tumour"] and card["output"] == "sigmoid"
+    assert card["description"].startswith("Trained on colour blobs. compact_cnn trained with wsi-train on 48")
     assert card["architecture"] == "compact_cnn" and card["architecture_args"] == {"depth": 1, "width": 4}
     assert (card["patch_size"], card["mpp"]) == (96, 0.972)
     assert training["data"]["train"]["n"] == 48 and training["data"]["val"]["n"] == 32

@@ -387,6 +387,7 @@ def train(
     out: str | Path,
     *,
     name: str | None = None,
+    note: str = "",
     mpp: float = PCAM_MPP,
     device: torch.device | None = None,
     command: str = "",
@@ -449,14 +450,15 @@ def train(
                 + (" (best)" if run.best["epoch"] == entry["epoch"] else ""),
                 file=sys.stderr,
             )
-    return _write_outputs(out, run, val_labels)
+    return _write_outputs(out, run, val_labels, note)
 
 
-def _write_outputs(out: Path, run: _Run, val_labels: np.ndarray) -> Path:
-    """The model folder: the best epoch's weights, the card, learning curves and validation ROC."""
+def _write_outputs(out: Path, run: _Run, val_labels: np.ndarray, note: str) -> Path:
+    """The model folder: the best epoch's weights, the card (its description starting with ``note``),
+    learning curves and validation ROC."""
     card, header, best = run.card, run.header, run.best
     trained_on = header["data"]["train"]
-    card.description = (
+    card.description = (note + " " if note else "") + (
         f"{card.architecture} trained with wsi-train on {trained_on['n']} {trained_on['format']} patches; "
         f"best validation AUC {best['val']['auc']:.4f} at epoch {best['epoch']}."
     )

@@ -82,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
         "--stop-after", type=int, help="stop this run after N epochs (continue later with --resume)"
     )
     p.add_argument("--name", help="model name for the card (default: the --out folder's name)")
+    p.add_argument("--note", default="", help="opening words of the card's description: data, intended use")
     p.add_argument("--mpp", type=float, default=PCAM_MPP, help="µm/px of the patches (default: PCam's)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 val_data,
                 args.out,
                 name=args.name,
+                note=args.note,
                 mpp=args.mpp,
                 device=device,
                 command=shlex.join(["wsi-train", *argv]),
