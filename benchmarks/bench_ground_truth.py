@@ -2,9 +2,11 @@
 
 Writes ``--slides`` synthetic lymph-node slides (seeds never used for training data; about half without
 tumour), scores them with ``score_slides`` and a model (default: the bundled default model), and compares
-each heatmap with the slide's truth polygons (``wsi_pipeline.truth_eval``): pooled cell-level AUC, slide-level
-AUC (slide score = max tumour probability), and the share of metastases larger than 0.5 mm that reach the
-threshold. Slides are kept in ``--workdir`` and reused on a second run.
+each heatmap with the slide's truth polygons (``wsi_pipeline.truth_eval``): pooled cell-level AUC and Dice,
+slide-level AUC (slide score = max tumour probability), the share of metastases larger than 0.5 mm that reach
+the threshold, and the Camelyon16 lesion-level FROC (``wsi_pipeline.froc``: detections one per region of cells
+at least ``--detection-floor``; ``--froc-png`` draws the curve). Slides are kept in ``--workdir`` and reused
+on a second run.
 
     /work/venv/bin/python benchmarks/bench_ground_truth.py --slides 20
 """
@@ -16,8 +18,10 @@ import json
 import time
 from pathlib import Path
 
+from wsi_pipeline.froc import DETECTION_FLOOR
 from wsi_pipeline.heatmap import read_heatmap
 from wsi_pipeline.model import DEFAULT_MODEL
+from wsi_pipeline.plots import plot_froc
 from wsi_pipeline.run import ScoreOptions, score_slides
 from wsi_pipeline.synthetic_cli import slide_plan
 from wsi_pipeline.synthetic_he import make_scene
@@ -38,6 +42,8 @@ def main() -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--stride", type=int, help="target px between cells (default: the model's patch size)")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--detection-floor", type=float, default=DETECTION_FLOOR)
+    p.add_argument("--froc-png", type=Path, help="also draw the FROC curve to this PNG")
     p.add_argument("--workdir", default="bench-ground-truth")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
@@ -63,20 +69,32 @@ def main() -> None:
         if result.status != "ok":
             raise SystemExit(f"{result.slide}: {result.message}")
         evaluation = evaluate_heatmap(
-            read_heatmap(result.heatmap), read_truth_polygons(result.slide), args.threshold
+            read_heatmap(result.heatmap),
+            read_truth_polygons(result.slide),
+            args.threshold,
+            detection_floor=args.detection_floor,
         )
         per_slide.append(evaluation)
         found = " ".join(
             f"{m['diameter_um'] / 1000:.2f}mm:{'hit' if m['detected'] else 'MISS'}({m['peak']:.2f})"
             for m in evaluation["metastases"]
         )
+        lesions = evaluation["lesion_detection"]
         print(
-            f"{Path(result.slide).name}: slide score {evaluation['slide_score']:.3f}; {found or 'no tumour'}"
+            f"{Path(result.slide).name}: slide score {evaluation['slide_score']:.3f}; {found or 'no tumour'};"
+            f" lesions with a detection {len(lesions['hits'])}/{lesions['lesions']} (+{lesions['itc']} ITC),"
+            f" false positives {len(lesions['fps'])}"
         )
     summary = summarise(per_slide)
+    froc = summary.pop("froc")
+    if froc is not None and args.froc_png is not None:
+        plot_froc(froc, args.froc_png, title=f"FROC, {args.slides} held-out synthetic slides")
     summary.update(
+        froc_score=None if froc is None else froc["score"],
+        froc_sensitivity_at=None if froc is None else froc["sensitivity_at"],
         model=args.model,
         threshold=args.threshold,
+        detection_floor=args.detection_floor,
         slide_size_px=[args.width, args.height],
         mpp=args.mpp,
         patches_scored=sum(r.patches for r in results),

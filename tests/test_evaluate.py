@@ -1,4 +1,5 @@
-"""wsi-eval: its numbers equal metrics computed directly; test-time augmentation averages 8 symmetries."""
+"""wsi-eval: its numbers equal metrics computed directly; test-time augmentation averages 8 symmetries;
+heatmaps against annotations give the slide AUC, Dice and FROC worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from wsi_pipeline import Block, PatchGrid, ScoreOptions, score_slide
 from wsi_pipeline.datasets import open_patch_dataset, write_class_folders, write_pcam_split
 from wsi_pipeline.evaluate import evaluate_patches, patch_metrics, predict_tta
 from wsi_pipeline.evaluate_cli import main
+from wsi_pipeline.heatmap import HeatmapWriter
 from wsi_pipeline.model import Model, ModelCard, build_module, read_card, save_model
 
+from .conftest import make_slide
+from .test_annotations import qupath_feature, square
 from .test_train import DARK, LIGHT, MID, colour_patches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -149,3 +155,141 @@ def test_record_stores_the_metrics_in_the_card(tmp_path, capsys, model_folder, p
         and "--record test" in card.metrics["test"]["command"]
     )
     assert (folder / "weights.safetensors").read_bytes() == weights and not list(folder.glob("*.partial"))
+
+
+# Slides mode: 10 × 10 cells of 96 µm (1 µm/px, one target pixel per level-0 pixel).
+GRID = PatchGrid(width0=960, height0=960, mpp0=1.0, target_mpp=1.0, patch_size=96, stride=96)
+ASAP = """<?xml version="1.0"?>
+<ASAP_Annotations><Annotations>
+  <Annotation Name="Annotation 0" Type="Polygon" PartOfGroup="_0" Color="#F4FA58"><Coordinates>
+    <Coordinate Order="0" X="192" Y="192" /><Coordinate Order="1" X="480" Y="192" />
+    <Coordinate Order="2" X="480" Y="480" /><Coordinate Order="3" X="192" Y="480" />
+  </Coordinates></Annotation>
+  <Annotation Name="Annotation 1" Type="Polygon" PartOfGroup="_2" Color="#64FE2E"><Coordinates>
+    <Coordinate Order="0" X="384" Y="384" /><Coordinate Order="1" X="480" Y="384" />
+    <Coordinate Order="2" X="480" Y="480" /><Coordinate Order="3" X="384" Y="480" />
+  </Coordinates></Annotation>
+</Annotations></ASAP_Annotations>
+"""
+
+
+def write_heatmap(folder: Path, stem: str, tumour: np.ndarray) -> Path:
+    writer = HeatmapWriter(folder / f"{stem}.zarr", GRID, ["normal", "tumour"], 16, {"slide": {"path": stem}})
+    writer.write_tissue(np.ones(GRID.shape, bool))
+    writer.write_block(Block(0, 0, *GRID.shape), np.stack([1 - tumour, tumour]).astype(np.float32))
+    writer.finalise()
+    return writer.path
+
+
+@pytest.fixture
+def annotated(tmp_path) -> tuple[Path, Path]:
+    """Four heatmaps and the truth of three, one per format; the fourth slide has no tumour."""
+    heatmaps, truth = tmp_path / "heatmaps", tmp_path / "truth"
+    truth.mkdir()
+    # pos_a (ASAP): tumour on cells rows/cols 2-4 but cell (4, 4), an _2 exclusion; all 9 cells score 0.9
+    (truth / "pos_a.xml").write_text(ASAP)
+    tumour = np.full(GRID.shape, 0.05)
+    tumour[2:5, 2:5] = 0.9
+    write_heatmap(heatmaps, "pos_a", tumour)
+    # pos_b (GeoJSON): tumour on cells 5-7 scoring 0.6, and a false 0.8 at cell (0, 9)
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            qupath_feature({"type": "Polygon", "coordinates": [square(480, 480, 768, 768)]}, "Tumor")
+        ],
+    }
+    (truth / "pos_b.truth.geojson").write_text(json.dumps(collection))
+    tumour = np.full(GRID.shape, 0.05)
+    tumour[5:8, 5:8], tumour[0, 9] = 0.6, 0.8
+    write_heatmap(heatmaps, "pos_b", tumour)
+    # pos_c (mask, 8 level-0 px per pixel): tumour on cells rows 1-3, cols 6-8, all missed
+    mask = np.zeros((120, 120), np.uint8)
+    mask[12:48, 72:108] = 255
+    Image.fromarray(mask).save(truth / "pos_c_mask.png")
+    write_heatmap(heatmaps, "pos_c", np.full(GRID.shape, 0.05))
+    # neg: no truth file; a false 0.3 at cell (9, 0)
+    tumour = np.full(GRID.shape, 0.05)
+    tumour[9, 0] = 0.3
+    write_heatmap(heatmaps, "neg", tumour)
+    return heatmaps, truth
+
+
+def test_slides_mode_reports_the_numbers_worked_out_by_hand(tmp_path, capsys, annotated):
+    heatmaps, truth = annotated
+    code, out, err = run(capsys, "--heatmaps", heatmaps, "--truth", truth)
+    assert code == 2 and "no truth file for neg" in err and err.count("\n") == 1
+
+    args = ["--heatmaps", heatmaps, "--truth", truth, "--missing-truth", "negative"]
+    code, out, err = run(capsys, *args, "--json", tmp_path / "r.json", "--froc-png", tmp_path / "froc.png")
+    assert code == 0, err
+    results = json.loads((tmp_path / "r.json").read_text())
+    slides = {slide["slide"]: slide for slide in results["slides"]}
+    assert [slides[s]["truth_format"] for s in ("pos_a", "pos_b", "pos_c", "neg")] == [
+        "asap",
+        "geojson",
+        "mask",
+        None,
+    ]
+    assert slides["pos_a"]["exclusion_polygons"] == 1
+    # Dice at 0.5: pos_a calls 9 cells, 8 of them tumour; pos_b 10 cells, its 9 tumour cells among them;
+    # pos_c none of its 9; neg nothing and has nothing (undefined)
+    assert [slides[s]["dice"] for s in ("pos_a", "pos_b", "pos_c", "neg")] == pytest.approx(
+        [2 * 8 / 17, 2 * 9 / 19, 0.0, None]
+    )
+    summary = results["summary"]
+    assert summary["dice"] == pytest.approx(2 * 17 / (19 + 26))
+    # slide scores: pos_a 0.9, pos_b 0.8, pos_c 0.05 against neg's 0.3 → 2 of 3 pairs in order
+    assert summary["slide_auc"] == pytest.approx(2 / 3)
+    # FROC over 4 slides and 3 lesions: hits 0.9 (pos_a), 0.6 (pos_b); false positives 0.8 (pos_b), 0.3 (neg).
+    # Curve (FP/slide, sensitivity): 0.9 → (0, 1/3); 0.8 → (0.25, 1/3); 0.6 → (0.25, 2/3); 0.3 → (0.5, 2/3):
+    # 2/3 at every rate from 1/4 on.
+    froc = summary["froc"]
+    assert froc["score"] == pytest.approx(2 / 3)
+    assert froc["curve"]["fp_per_slide"] == pytest.approx([0, 0, 0.25, 0.25, 0.5])
+    assert froc["curve"]["threshold"][1:] == pytest.approx([0.9, 0.8, 0.6, 0.3])
+    with Image.open(tmp_path / "froc.png") as image:
+        assert image.format == "PNG" and image.width > 300
+
+    lines = out.splitlines()
+    row = next(line for line in lines if line.startswith("pos_b")).split()
+    assert row[1:7] == ["pos_b.truth.geojson", "yes", "1/1", "0", "1", "0.8000"]
+    assert next(line for line in lines if line.startswith("neg")).split()[1:4] == ["none", "(negative)", "no"]
+    assert next(line for line in lines if line.startswith("FROC score")).split()[-1] == f"{2 / 3:.4f}"
+
+
+def test_slides_mode_errors(tmp_path, capsys, annotated):
+    heatmaps, truth = annotated
+    stray = tmp_path / "other.xml"
+    stray.write_text(ASAP)
+    code, _, err = run(capsys, "--heatmaps", heatmaps, "--truth", truth / "pos_a.xml", stray)
+    assert code == 2 and err.startswith(f"wsi-eval: error: {stray}: matches no heatmap")
+    (truth / "pos_a.xml").write_text("<ASAP_Annotations>")
+    code, _, err = run(capsys, "--heatmaps", heatmaps, "--truth", truth, "--missing-truth", "negative")
+    assert code == 2 and err.startswith(f"wsi-eval: error: {truth / 'pos_a.xml'}: not XML")
+    code, _, err = run(capsys, "--heatmaps", tmp_path, "--truth", truth)
+    assert code == 2 and err == f"wsi-eval: error: {tmp_path}: holds no wsi_pipeline heatmap\n"
+    for args in (
+        ["--heatmaps", heatmaps],
+        ["--heatmaps", heatmaps, "--truth", truth, "--model", "x"],
+        [tmp_path],
+    ):
+        with pytest.raises(SystemExit):
+            run(capsys, *args)
+
+
+def test_slides_mode_on_a_slide_scored_by_the_probe(tmp_path, capsys, probe_model, client):
+    """A dark square scored by the centre-colour probe, its outline as the truth: found, no false positive."""
+    dark = (300.0, 290.0, 650.0, 640.0)  # level-0 px at 0.972 µm/px: one target pixel each
+    make_slide(tmp_path / "s.svs", 1152, 960, 0.972, [dark])
+    result = score_slide(
+        tmp_path / "s.svs", probe_model, tmp_path / "out", client, ScoreOptions(), show_progress=False
+    )
+    polygon = {"type": "Polygon", "coordinates": [square(*dark)]}
+    (tmp_path / "s.geojson").write_text(json.dumps(qupath_feature(polygon, "Tumor")))
+    args = ["--heatmaps", result.heatmap, "--truth", tmp_path / "s.geojson", "--detection-floor", "0.5"]
+    code, _, err = run(capsys, *args, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    slide = json.loads((tmp_path / "r.json").read_text())["slides"][0]
+    assert slide["lesion_detection"]["lesions"] == 1 and slide["lesion_detection"]["fps"] == []
+    assert slide["lesion_detection"]["hits"][0] > 0.9 and slide["slide_score"] > 0.9
+    assert slide["dice"] > 0.5 and slide["cell_auc"] > 0.9

@@ -63,3 +63,42 @@ def test_unscored_tumour_is_counted_and_not_scored():
         result["missed_tumour_cells"] == 1 and len(result["cell_scores"]) == GRID.shape[0] * GRID.shape[1] - 1
     )
     assert result["metastases"][0]["detected"]
+
+
+def test_dice_on_a_hand_made_heatmap_counts_unscored_tumour_as_missed():
+    lesion = box(192, 96, 480, 288)  # cells rows 1-2, cols 2-4: 6 tumour cells
+    scores = np.full(GRID.shape, 0.1)
+    scores[1, 2:5] = 0.9  # 3 of them found
+    scores[2, 2] = 0.5  # a fourth, exactly at the threshold
+    scores[4, 8:10] = 0.7  # 2 false cells
+    result = evaluate_heatmap(heatmap(scores), [lesion])
+    assert result["dice_counts"] == {"predicted": 6, "true": 6, "both": 4}
+    assert result["dice"] == pytest.approx(2 * 4 / (6 + 6))
+    # AUC over (tumour, other) pairs: three 0.9 beat all 44; 0.5 beats the 42 at 0.1; two 0.1 tie with them
+    assert result["cell_auc"] == pytest.approx((3 * 44 + 42 + 2 * 42 * 0.5) / (6 * 44))
+    hm = heatmap(scores)
+    hm.tissue[1, 2] = False  # a found tumour cell left unscored is now missed
+    hm.probabilities[:, 1, 2] = np.nan
+    assert evaluate_heatmap(hm, [lesion])["dice"] == pytest.approx(2 * 3 / (5 + 6))
+    assert evaluate_heatmap(heatmap(np.full(GRID.shape, 0.1)), [])["dice"] is None  # nothing to compare
+
+
+def test_exclusions_are_not_tumour():
+    lesion, hole = box(0, 0, 288, 192), box(96, 0, 192, 96)  # 6 cells, the second of the top row excluded
+    fraction = cell_tumour_fraction(GRID, [lesion], [hole])
+    assert fraction[:2, :3].tolist() == [[1, 0, 1], [1, 1, 1]] and fraction.sum() == 5
+
+
+def test_slide_auc_and_pooled_dice_across_slides():
+    lesion = box(192, 96, 480, 288)
+    truth = cell_tumour_fraction(GRID, [lesion]) >= 0.5
+    positives = [evaluate_heatmap(heatmap(truth * p + 0.05), [lesion]) for p in (0.9, 0.1)]
+    negatives = [evaluate_heatmap(heatmap(np.full(GRID.shape, p)), []) for p in (0.5, 0.1)]
+    # slide scores: positives 0.95, 0.15; negatives 0.5, 0.1 → 3 of 4 (positive, negative) pairs in order
+    summary = summarise(positives + negatives)
+    assert summary["slide_auc"] == pytest.approx(0.75)
+    # pooled: the first positive finds its 6 cells, the second none, the 0.5 negative calls all its 50
+    assert summary["dice"] == pytest.approx(2 * 6 / ((6 + 50) + (6 + 6)))
+    # detections (floor 0.2): the first lesion at 0.95, the 0.5 negative as one FP; the 0.15 lesion unfound
+    assert summary["froc"]["score"] == pytest.approx(0.5)
+    assert [r["lesion_detection"]["hits"] for r in positives] == [[pytest.approx(0.95)], []]

@@ -9,6 +9,8 @@ The steps, each usable alone::
     model = Model("models/my-model", resolve_device("auto"))
     results = score_slides(["slide.svs"], "models/my-model", "results/")
     heatmap = read_heatmap("results/slide.zarr")                 # arrays + geometry
+    regions = find_regions(heatmap, threshold=0.5)               # tumour regions, measured
+    summary = write_reports("results/slide.zarr")                # summary, QuPath GeoJSON, overlay
 """
 
 from .blocks import cut_patches, read_block_patches
@@ -17,6 +19,8 @@ from .errors import InputError
 from .grid import Block, PatchGrid, split_blocks, tissue_fraction
 from .heatmap import Heatmap, read_heatmap
 from .model import Model, ModelCard, build_module, read_card, save_model
+from .regions import Region, find_regions
+from .reports import ReportOptions, write_reports
 from .run import ScoreOptions, SlideResult, dask_client, plan_grid, score_slide, score_slides
 from .slide import Slide
 from .tissue import TissueMask, detect_tissue
@@ -30,6 +34,8 @@ __all__ = [
     "Model",
     "ModelCard",
     "PatchGrid",
+    "Region",
+    "ReportOptions",
     "ScoreOptions",
     "Slide",
     "SlideResult",
@@ -39,6 +45,7 @@ __all__ = [
     "cut_patches",
     "dask_client",
     "detect_tissue",
+    "find_regions",
     "plan_grid",
     "read_block_patches",
     "read_card",
@@ -49,4 +56,5 @@ __all__ = [
     "score_slides",
     "split_blocks",
     "tissue_fraction",
+    "write_reports",
 ]

@@ -1,4 +1,5 @@
-"""``wsi-score``: score slides (files or folders of slides) into OME-Zarr heatmaps."""
+"""``wsi-score``: score slides (files or folders of slides) into OME-Zarr heatmaps, with per-slide reports
+(summary, QuPath GeoJSON, overlay picture) and a batch table ``OUT/slides.csv``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 
 from .errors import InputError
 from .model import DEFAULT_MODEL
+from .reports import ReportOptions
 from .run import SCHEDULERS_HELP, ScoreOptions, score_slides
 from .slide import BACKENDS, SLIDE_SUFFIXES
+from .summary import answer_parts
+from .tables import BATCH_TABLE
 from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2
 
 
@@ -56,6 +60,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
     p.add_argument("--overwrite", action="store_true", help="score again slides whose heatmap is complete")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="tumour probability from which a cell is tumour (0.5)"
+    )
+    p.add_argument("--top-k", type=int, default=10, help="cells in the slide's top-k mean score (default 10)")
+    p.add_argument("--tile-table", action="store_true", help="also write <stem>.tiles.csv (one row per cell)")
+    p.add_argument(
+        "--geojson-tiles", action="store_true", help="also put every scored tile in the GeoJSON (detections)"
+    )
+    p.add_argument(
+        "--no-reports", action="store_true", help="no summary, GeoJSON or overlay (the batch table is kept)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
 
@@ -74,11 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         mpp=args.mpp,
         overwrite=args.overwrite,
     )
+    reports = ReportOptions(args.threshold, args.top_k, args.tile_table, args.geojson_tiles)
     try:
         options.validate()
+        reports.validate()
         slides = find_slides(args.slides)
         results = score_slides(
-            slides, args.model, args.out, options, args.scheduler, args.workers, show_progress=not args.quiet
+            slides,
+            args.model,
+            args.out,
+            options,
+            args.scheduler,
+            args.workers,
+            show_progress=not args.quiet,
+            reports=None if args.no_reports else reports,
         )
     except (InputError, ValueError) as error:
         print(f"wsi-score: error: {error}", file=sys.stderr)
@@ -90,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {result.slide}: {result.message}")
         else:
             print(f"ok {result.slide} -> {result.heatmap} ({result.patches} patches, {result.seconds:.1f} s)")
+        if result.summary is not None:
+            print("  " + "; ".join(answer_parts(result.summary)))
+    print(f"batch table: {Path(args.out) / BATCH_TABLE}")
     return 1 if any(r.status == "failed" for r in results) else 0
 
 

@@ -1,4 +1,4 @@
-"""Training figures (matplotlib, drawn off-screen): learning curves and the validation ROC."""
+"""Figures (matplotlib, drawn off-screen): learning curves, the validation ROC, and the lesion-level FROC."""
 
 from __future__ import annotations
 
@@ -47,6 +47,33 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path
         xlabel="false positive rate", ylabel="true positive rate", title=f"Validation ROC (n = {len(labels)})"
     )
     axes.set_aspect("equal")
+    axes.legend(loc="lower right")
+    figure.savefig(path, dpi=120)
+    return Path(path)
+
+
+def plot_froc(froc: dict, path: str | Path, title: str = "Lesion-level FROC") -> Path:
+    """The FROC curve of :func:`wsi_pipeline.froc.froc_score`, held at its last sensitivity beyond its last
+    point (as the score does), with the sensitivities at the scored FP rates marked."""
+    fp_rate, sensitivity = froc["curve"]["fp_per_slide"], froc["curve"]["sensitivity"]
+    rates = [float(rate) for rate in froc["sensitivity_at"]]
+    figure = Figure(figsize=(5.5, 4.2))
+    figure.subplots_adjust(left=0.13, right=0.96, bottom=0.13, top=0.91)
+    axes = figure.subplots()
+    axes.plot(fp_rate, sensitivity, color="C0", label=f"FROC score {froc['score']:.3f}")
+    if fp_rate[-1] < rates[-1]:
+        axes.plot([fp_rate[-1], rates[-1]], [sensitivity[-1]] * 2, color="C0", linestyle=":")
+    axes.plot(rates, list(froc["sensitivity_at"].values()), "o", color="C3", label="scored FP rates")
+    axes.set_xscale("symlog", base=2, linthresh=rates[0])
+    axes.set_xticks([0, *rates], ["0", *(f"{rate:g}" for rate in rates)])
+    axes.set(
+        xlim=(0, max(rates[-1], fp_rate[-1]) * 1.1),
+        ylim=(0, 1.02),
+        xlabel="false positives per slide",
+        ylabel="metastasis detection sensitivity",
+        title=title,
+    )
+    axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.savefig(path, dpi=120)
     return Path(path)

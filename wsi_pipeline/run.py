@@ -19,8 +19,10 @@ from .grid import PatchGrid, split_blocks, tissue_fraction
 from .heatmap import HeatmapWriter, is_heatmap, read_metadata, remove_heatmap
 from .model import read_card, resolve_model_folder
 from .progress import Progress
+from .reports import DEFAULT_REPORTS, ReportOptions, current_summary, ensure_reports
 from .scoring import ModelSource, SlideSource, score_block
 from .slide import Slide
+from .tables import batch_row, update_batch_table
 from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP, detect_tissue
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
@@ -71,6 +73,7 @@ class SlideResult:
     message: str = ""
     patches: int = 0
     seconds: float = 0.0
+    summary: dict | None = None  # the slide's summary record (reports.py), when there is one
 
 
 def package_version() -> str:
@@ -255,11 +258,16 @@ def score_slides(
     n_workers: int | None = None,
     client=None,
     show_progress: bool = True,
+    reports: ReportOptions | None = DEFAULT_REPORTS,
 ) -> list[SlideResult]:
-    """Score each slide with a model folder (or bundled model name); a slide that fails is reported and the
-    batch goes on. Scripts using the default local cluster need an ``if __name__ == "__main__":`` guard."""
+    """Score each slide with a model folder (or bundled model name), write its reports (unless ``reports`` is
+    None; a complete heatmap's missing or outdated reports are made again) and, after each slide, its row of
+    ``out_dir/slides.csv``. A slide that fails is reported and the batch goes on. Scripts using the default
+    local cluster need an ``if __name__ == "__main__":`` guard."""
     model_folder = resolve_model_folder(model_folder)
     read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
+    if reports is not None:
+        reports.validate()
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(dask_client(scheduler, n_workers))
@@ -267,14 +275,20 @@ def score_slides(
         for path in slide_paths:
             clock = time.monotonic()
             try:
-                results.append(score_slide(path, model_folder, out_dir, client, options, show_progress))
+                result = score_slide(path, model_folder, out_dir, client, options, show_progress)
+                metadata = read_metadata(result.heatmap)
+                if reports is None:
+                    result.summary = current_summary(result.heatmap)
+                else:
+                    result.summary = ensure_reports(result.heatmap, reports)
             except Exception as error:  # a batch goes on past any one slide's failure
                 message = (
                     str(error)
                     if isinstance(error, InputError)
                     else f"{path}: {type(error).__name__}: {error}"
                 )
-                results.append(
-                    SlideResult(Path(path), "failed", None, message, seconds=time.monotonic() - clock)
-                )
+                result = SlideResult(Path(path), "failed", None, message, seconds=time.monotonic() - clock)
+                metadata = None
+            results.append(result)
+            update_batch_table(out_dir, [batch_row(result, metadata)])
     return results
