@@ -162,7 +162,9 @@ def pipeline_cold(
 ) -> PipelineRun:
     """``score_slides`` starting and stopping its own cluster, as ``wsi-score`` does."""
     load, start = OtherLoad(), time.perf_counter()
-    results = score_slides([slide], folder, out_dir, options, "local", workers, show_progress=False)
+    results = score_slides(
+        [slide], folder, out_dir, options, "local", workers, show_progress=False, reports=None
+    )
     seconds = time.perf_counter() - start
     return PipelineRun(_checked(results), seconds, [], set(), load.cores())
 
@@ -173,13 +175,23 @@ def pipeline_warm(
     """``score_slides`` on a running cluster, after a warm-up slide, with the model loaded on every worker."""
     with dask_client("local", workers) as client:
         _checked(
-            score_slides([warmup], folder, out_dir / "warm-up", options, client=client, show_progress=False)
+            score_slides(
+                [warmup],
+                folder,
+                out_dir / "warm-up",
+                options,
+                client=client,
+                show_progress=False,
+                reports=None,
+            )
         )
         weights = folder / read_card(folder).weights
         client.run(_load_model, ModelSource(str(folder.resolve()), file_sha256(weights), options.device))
         workers_cpu = sum(client.run(time.process_time).values())
         load, start = OtherLoad(), time.perf_counter()
-        result = _checked(score_slides([slide], folder, out_dir, options, client=client, show_progress=False))
+        result = _checked(
+            score_slides([slide], folder, out_dir, options, client=client, show_progress=False, reports=None)
+        )
         seconds = time.perf_counter() - start
         other = load.cores(sum(client.run(time.process_time).values()) - workers_cpu)
         threads = set(client.run(torch.get_num_threads).values())
