@@ -1,8 +1,12 @@
 """Throughput of the whole scoring pipeline against the bare model on in-memory patches, and peak memory.
 
-Writes a synthetic H&E-like slide (pink tissue islands with purple spots on white), scores it with
-``score_slides`` on a local Dask cluster, then runs the same model on as many random in-memory patches in as
-many single-threaded processes as the cluster has workers, and prints both rates, their ratio and peak RSS.
+Writes a synthetic H&E-like slide (pink tissue islands with purple spots on white; cached with ``--slide-
+cache``), scores it with ``score_slides`` on a local Dask cluster, then runs the same model on as many random
+in-memory patches in as many single-threaded processes as the cluster has workers, and prints both rates,
+their ratio and peak RSS. Each ``--engine`` (torch, onnxruntime) is timed in the warm pipeline and in memory.
+For the probe it also times the warm pipeline with PIL's bilinear resample everywhere (the read path before
+nearest neighbour near the level's scale) and a per-patch reader (one level-0 read per patch, resized to the
+target µm/px, as per-patch tools do) on the same slide's tissue cells.
 
 Pipeline *cold* is the call as ``wsi-score`` makes it: cluster start-up, model loading in the workers,
 scoring and cluster shutdown. Pipeline *warm* times only ``score_slides`` on a running cluster whose workers
@@ -12,13 +16,14 @@ hashing the slide, and writing the heatmap.
 The in-memory engine runs in the environment our local cluster gives its workers (``WORKER_ENVIRONMENT``).
 Rates are only meaningful on an otherwise idle machine; the CPU other processes used meanwhile is printed.
 
-    /work/venv/bin/python benchmarks/bench_pipeline.py --model probe efficientnet_b0
+    /work/venv/bin/python benchmarks/bench_pipeline.py --model probe default --slide-cache /tmp/bench-slides
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -26,7 +31,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
@@ -34,9 +39,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from wsi_pipeline import scoring
+from wsi_pipeline import slide as slide_io
 from wsi_pipeline.checksum import file_sha256
-from wsi_pipeline.model import Model, ModelCard, build_module, bundled_models_dir, read_card, save_model
+from wsi_pipeline.device import resolve_device
+from wsi_pipeline.heatmap import read_heatmap
+from wsi_pipeline.model import (
+    DEFAULT_MODEL,
+    Model,
+    ModelCard,
+    build_module,
+    bundled_models_dir,
+    read_card,
+    save_model,
+)
 from wsi_pipeline.run import (
     WORKER_ENVIRONMENT,
     ScoreOptions,
@@ -45,8 +63,8 @@ from wsi_pipeline.run import (
     plan_grid,
     score_slides,
 )
-from wsi_pipeline.scoring import ModelSource, worker_model
-from wsi_pipeline.slide import Slide
+from wsi_pipeline.scoring import ModelSource
+from wsi_pipeline.slide import NEAREST_TOLERANCE, Slide
 from wsi_pipeline.synthetic import Rect, RectScene, write_slide
 
 PINK = (220, 140, 190)
@@ -54,8 +72,11 @@ PURPLE = (120, 60, 140)
 DOWNSAMPLES = (1, 4, 16)
 TIMM_ARCHITECTURES = ("efficientnet_b0", "resnet18", "mobilenetv3_small_100")
 WARMUP_SIDE = 4096  # level-0 pixels of the square warm-up slide
+ENGINES = ("torch", "onnxruntime")
+BILINEAR = -1.0  # a NEAREST_TOLERANCE that no scale meets: PIL's bilinear everywhere (the read path before)
 
 _barrier: Barrier | None = None  # set in each in-memory engine process
+Step = Callable[[], int]  # does some work, returns the patches it did
 
 
 def peak_rss_mib() -> float:
@@ -66,6 +87,12 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS afresh from its current RSS (Linux: ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def machine_busy_s() -> float:
@@ -119,9 +146,11 @@ def tissue_scene(
 
 
 def model_folder(name: str, workdir: Path) -> Path:
-    """The bundled probe, or an untrained timm model saved under ``workdir``."""
+    """The bundled probe or default model, or an untrained timm model saved under ``workdir``."""
     if name == "probe":
         return bundled_models_dir() / "centre-colour-probe"
+    if name == "default":
+        return bundled_models_dir() / DEFAULT_MODEL
     torch.manual_seed(0)
     card = ModelCard(
         name=f"untrained-{name}",
@@ -139,18 +168,24 @@ def _checked(results: list[SlideResult]) -> SlideResult:
     return result
 
 
-def _load_model(source: ModelSource) -> None:
-    """On a Dask worker: load the model into the per-process cache the scoring tasks use."""
-    worker_model(source)
+def _prepare_worker(source: ModelSource, engine: str, nearest_tolerance: float) -> str:
+    """On a Dask worker: put the model, run by ``engine``, in the per-process cache the scoring tasks use
+    (until ``ModelSource`` names an engine) and set the read path's nearest-neighbour tolerance; return the
+    engine that runs."""
+    model = Model(source.folder, resolve_device(source.device), engine)
+    scoring._models[(source.weights_sha256, source.device)] = model
+    slide_io.NEAREST_TOLERANCE = nearest_tolerance
+    return model.engine
 
 
 @dataclass(frozen=True)
 class PipelineRun:
     result: SlideResult
     seconds: float  # wall time of the timed score_slides call
-    worker_peaks_mib: list[float]  # per Dask worker process, over its whole life (warm run only)
+    worker_peaks_mib: list[float]  # per Dask worker process, during the run (warm runs only)
     worker_threads: set[int]  # torch threads per worker (warm run only)
     other_cores: float  # CPU used by other processes meanwhile
+    engines: set[str]  # engines the workers ran (warm run only)
 
     @property
     def rate(self) -> float:
@@ -166,13 +201,24 @@ def pipeline_cold(
         [slide], folder, out_dir, options, "local", workers, show_progress=False, reports=None
     )
     seconds = time.perf_counter() - start
-    return PipelineRun(_checked(results), seconds, [], set(), load.cores())
+    return PipelineRun(_checked(results), seconds, [], set(), load.cores(), set())
+
+
+@dataclass(frozen=True)
+class WarmRun:
+    """One timed ``score_slides`` call of ``pipeline_warm``."""
+
+    slide: Path
+    engine: str = "auto"
+    nearest_tolerance: float = NEAREST_TOLERANCE
 
 
 def pipeline_warm(
-    slide: Path, warmup: Path, folder: Path, out_dir: Path, options: ScoreOptions, workers: int
-) -> PipelineRun:
-    """``score_slides`` on a running cluster, after a warm-up slide, with the model loaded on every worker."""
+    warmup: Path, folder: Path, out_dir: Path, options: ScoreOptions, workers: int, todo: list[WarmRun]
+) -> list[PipelineRun]:
+    """``score_slides`` on a running cluster, after a warm-up slide, for each run of ``todo`` with the model
+    (run by its engine) loaded on every worker; worker peak RSS is reset before each run."""
+    runs = []
     with dask_client("local", workers) as client:
         _checked(
             score_slides(
@@ -185,18 +231,31 @@ def pipeline_warm(
                 reports=None,
             )
         )
-        weights = folder / read_card(folder).weights
-        client.run(_load_model, ModelSource(str(folder.resolve()), file_sha256(weights), options.device))
-        workers_cpu = sum(client.run(time.process_time).values())
-        load, start = OtherLoad(), time.perf_counter()
-        result = _checked(
-            score_slides([slide], folder, out_dir, options, client=client, show_progress=False, reports=None)
+        source = ModelSource(
+            str(folder.resolve()), file_sha256(folder / read_card(folder).weights), options.device
         )
-        seconds = time.perf_counter() - start
-        other = load.cores(sum(client.run(time.process_time).values()) - workers_cpu)
-        threads = set(client.run(torch.get_num_threads).values())
-        peaks = list(client.run(peak_rss_mib).values())
-    return PipelineRun(result, seconds, peaks, threads, other)
+        for index, run in enumerate(todo):
+            engines = set(client.run(_prepare_worker, source, run.engine, run.nearest_tolerance).values())
+            client.run(reset_peak_rss)
+            workers_cpu = sum(client.run(time.process_time).values())
+            load, start = OtherLoad(), time.perf_counter()
+            result = _checked(
+                score_slides(
+                    [run.slide],
+                    folder,
+                    out_dir / str(index),
+                    options,
+                    client=client,
+                    show_progress=False,
+                    reports=None,
+                )
+            )
+            seconds = time.perf_counter() - start
+            other = load.cores(sum(client.run(time.process_time).values()) - workers_cpu)
+            threads = set(client.run(torch.get_num_threads).values())
+            peaks = list(client.run(peak_rss_mib).values())
+            runs.append(PipelineRun(result, seconds, peaks, threads, other, engines))
+    return runs
 
 
 def worker_env(base: dict[str, str]) -> dict[str, str]:
@@ -222,41 +281,80 @@ def _set_barrier(barrier: Barrier) -> None:
     _barrier = barrier
 
 
-def _engine_share(
-    folder: str, n_patches: int, batch_size: int, min_seconds: float, seed: int
+def _random_patches_step(folder: str, engine: str, n_patches: int, batch_size: int, seed: int) -> Step:
+    """One pass of ``Model.predict`` over random in-memory patches."""
+    model = Model(folder, torch.device("cpu"), engine)
+    size = model.card.patch_size
+    patches = np.random.default_rng(seed).integers(0, 256, (n_patches, size, size, 3), dtype=np.uint8)
+
+    def step() -> int:
+        model.predict(patches, batch_size)
+        return n_patches
+
+    return step
+
+
+def _per_patch_step(
+    slide: str, folder: str, boxes_level0: np.ndarray, patch_size: int, batch_size: int
+) -> Step:
+    """What per-patch tools do, one batch per call: one level-0 read per patch (the patch's level-0 box),
+    resized (PIL bilinear, antialiased) to the target µm/px, then scored."""
+    opened, model = Slide(slide), Model(folder, torch.device("cpu"))
+    side0 = round(boxes_level0[0, 2] - boxes_level0[0, 0])
+    batches = itertools.cycle(np.array_split(boxes_level0, max(1, len(boxes_level0) // batch_size)))
+
+    def step() -> int:
+        boxes = next(batches)
+        patches = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(opened.read_level(0, round(x0), round(y0), side0, side0)).resize(
+                        (patch_size, patch_size), Image.Resampling.BILINEAR
+                    )
+                )
+                for x0, y0, _, _ in boxes
+            ]
+        )
+        model.predict(patches, batch_size)
+        return len(boxes)
+
+    return step
+
+
+def _timed_share(
+    make_step: Callable[..., Step], args: tuple, min_seconds: float
 ) -> tuple[int, float, float, float]:
-    """In an engine process: score random patches (whole passes, for at least ``min_seconds``) with one torch
-    thread; return patches scored, start and end on the system-wide monotonic clock, and peak RSS (MiB)."""
+    """In a process: build the step with one torch thread, call it once (first-call overheads), start with the
+    other processes and call it for at least ``min_seconds``; return patches done, start and end on the
+    system-wide monotonic clock, and peak RSS (MiB)."""
     assert _barrier is not None
     try:
         torch.set_num_threads(1)
-        model = Model(folder, torch.device("cpu"))
-        size = model.card.patch_size
-        patches = np.random.default_rng(seed).integers(0, 256, (n_patches, size, size, 3), dtype=np.uint8)
-        model.predict(patches[:batch_size], batch_size)  # first-call overheads
+        step = make_step(*args)
+        step()
         _barrier.wait()
     except BaseException:
         _barrier.abort()  # release the other processes rather than leave them waiting
         raise
     start, done = time.clock_gettime(time.CLOCK_MONOTONIC), 0
     while done == 0 or time.clock_gettime(time.CLOCK_MONOTONIC) - start < min_seconds:
-        model.predict(patches, batch_size)
-        done += n_patches
+        done += step()
     return done, start, time.clock_gettime(time.CLOCK_MONOTONIC), peak_rss_mib()
 
 
 @dataclass(frozen=True)
 class EngineRun:
-    rate: float  # patches scored by all processes / wall time from the first start to the last end
+    rate: float  # patches done by all processes / wall time from the first start to the last end
     peaks_mib: list[float]
     other_cores: float  # CPU used by other processes meanwhile (over the pool's whole life)
 
 
-def engine_rate(
-    folder: Path, processes: int, per_process: int, batch_size: int, min_seconds: float, env: dict[str, str]
+def together_rate(
+    make_step: Callable[..., Step], per_process_args: list[tuple], min_seconds: float, env: dict[str, str]
 ) -> EngineRun:
-    """``Model.predict`` on in-memory patches in ``processes`` processes spawned with environment ``env``,
+    """Patches/s of ``make_step(*args)`` steps, one process per ``args`` (spawned with environment ``env``),
     started together."""
+    processes = len(per_process_args)
     load, context = OtherLoad(), multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
     with (
@@ -265,10 +363,7 @@ def engine_rate(
             processes, mp_context=context, initializer=_set_barrier, initargs=(barrier,)
         ) as pool,
     ):
-        futures = [
-            pool.submit(_engine_share, str(folder), per_process, batch_size, min_seconds, seed)
-            for seed in range(processes)
-        ]
+        futures = [pool.submit(_timed_share, make_step, args, min_seconds) for args in per_process_args]
         shares = [future.result() for future in futures]
     wall = max(end for _, _, end, _ in shares) - min(start for _, start, _, _ in shares)
     rate = sum(done for done, *_ in shares) / wall
@@ -285,9 +380,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         nargs="+",
         default=["probe"],
-        choices=["probe", *TIMM_ARCHITECTURES],
-        help="probe: the bundled centre-colour probe (I/O dominates); others: untrained timm models",
+        choices=["probe", "default", *TIMM_ARCHITECTURES],
+        help="probe: the bundled centre-colour probe (I/O dominates); default: the bundled default model; "
+        "others: untrained timm models",
     )
+    p.add_argument(
+        "--engine",
+        nargs="+",
+        default=list(ENGINES),
+        choices=ENGINES,
+        help="CPU engines to time (default both)",
+    )
+    p.add_argument(
+        "--per-patch-cap",
+        type=int,
+        default=4000,
+        help="tissue cells the per-patch reader reads (default 4000)",
+    )
+    p.add_argument("--slide-cache", type=Path, help="folder keeping the synthetic slides between runs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Dask workers = engine processes")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--engine-cap", type=int, default=20_000, help="most in-memory patches (default 20000)")
@@ -342,36 +452,90 @@ def bench_model(
     show("tissue patches scored", f"{patches} ({patches / max(1, rows * cols):.1%} of cells)")
     show(
         "pipeline cold patches/s",
-        f"{cold.rate:9.1f}  ({cold.seconds:.1f} s: cluster start-up, model loading, shutdown; "
+        f"{cold.rate:9.1f}  ({cold.seconds:.1f} s: cluster start-up, model loading (engine auto), shutdown; "
         f"{cold.result.seconds:.1f} s inside score_slide)",
     )
-    warm = pipeline_warm(slide, warmup, folder, heatmaps / "warm", options, args.workers)
-    show(
-        "pipeline warm patches/s",
-        f"{warm.rate:9.1f}  ({warm.seconds:.1f} s; {args.workers} Dask workers, "
-        f"torch threads per worker: {sorted(warm.worker_threads)})",
-    )
+    variants = [WarmRun(slide, engine) for engine in args.engine]
+    if name == "probe":
+        variants.append(WarmRun(slide, args.engine[0], BILINEAR))
+    warm_runs = pipeline_warm(warmup, folder, heatmaps / "warm", options, args.workers, variants)
     per_process = max(1, math.ceil(min(patches, args.engine_cap) / args.workers))
-    engine_args = (per_process, args.batch_size, args.min_seconds)
-    engine = engine_rate(folder, args.workers, *engine_args, worker_env(clean_env))
-    single = engine_rate(folder, 1, *engine_args, worker_env(clean_env))
-    show(
-        f"in-memory {args.workers} procs x 1 thread /s",
-        f"{engine.rate:9.1f}  ({per_process} random patches each, >= {args.min_seconds:g} s of passes)",
-    )
-    show("in-memory 1 proc x 1 thread /s", f"{single.rate:9.1f}  (scaling x{engine.rate / single.rate:.2f})")
-    show(
-        "CPU of other processes, cores",
-        f"cold {cold.other_cores:.2f}, warm {warm.other_cores:.2f}, in-memory {engine.other_cores:.2f}, "
-        f"{single.other_cores:.2f} (well above 0: the machine was busy)",
-    )
-    show("RATIO pipeline warm / in-memory", f"{warm.rate / engine.rate:.3f}")
-    show("RATIO pipeline cold / in-memory", f"{cold.rate / engine.rate:.3f}")
-    workers, driver = warm.worker_peaks_mib, peak_rss_mib()
-    show("peak RSS Dask workers", f"{mib(workers)} (warm cluster, each over its whole life)")
+    env = worker_env(clean_env)
+    engines = {}
+    for variant, warm in zip(variants, warm_runs, strict=True):
+        engine, tolerance = variant.engine, variant.nearest_tolerance
+        read = "nearest near the level's scale" if tolerance >= 0 else "PIL bilinear everywhere (before)"
+        show(
+            f"pipeline warm {engine} patches/s",
+            f"{warm.rate:9.1f}  ({warm.seconds:.1f} s; {args.workers} Dask workers, engines "
+            f"{sorted(warm.engines)}, torch threads per worker {sorted(warm.worker_threads)}; read: {read})",
+        )
+        if tolerance < 0:
+            show("RATIO read path now / before", f"{warm_runs[0].rate / warm.rate:.2f}")
+            continue
+        shares = [(str(folder), engine, per_process, args.batch_size, seed) for seed in range(args.workers)]
+        engines[engine] = together_rate(_random_patches_step, shares, args.min_seconds, env)
+        single = together_rate(_random_patches_step, shares[:1], args.min_seconds, env)
+        show(
+            f"in-memory {engine} {args.workers} x 1 thread /s",
+            f"{engines[engine].rate:9.1f}  ({per_process} random patches each, >= {args.min_seconds:g} s of "
+            f"passes; 1 process {single.rate:.1f}, scaling x{engines[engine].rate / single.rate:.2f})",
+        )
+        show(f"RATIO pipeline warm / in-memory {engine}", f"{warm.rate / engines[engine].rate:.3f}")
+        show(
+            "CPU of other processes, cores",
+            f"warm {warm.other_cores:.2f}, in-memory {engines[engine].other_cores:.2f}, "
+            f"{single.other_cores:.2f} (well above 0: the machine was busy)",
+        )
+    if len(engines) == 2:
+        show(
+            "RATIO in-memory onnxruntime / torch",
+            f"{engines['onnxruntime'].rate / engines['torch'].rate:.2f}",
+        )
+    first_engine = engines[args.engine[0]]
+    show(f"RATIO pipeline cold / in-memory {args.engine[0]}", f"{cold.rate / first_engine.rate:.3f}")
+    if name == "probe":
+        heatmap = read_heatmap(warm_runs[0].result.heatmap)
+        rows_t, cols_t = np.nonzero(heatmap.tissue)
+        picked = np.random.default_rng(args.seed).permutation(len(rows_t))[: args.per_patch_cap]
+        boxes = heatmap.grid.cell_boxes_level0(rows_t[picked], cols_t[picked])
+        shares = [
+            (str(slide), str(folder), part, card.patch_size, args.batch_size)
+            for part in np.array_split(boxes, args.workers)
+        ]
+        per_patch = together_rate(_per_patch_step, shares, args.min_seconds, env)
+        show(
+            "per-patch reader patches/s",
+            f"{per_patch.rate:9.1f}  ({args.workers} processes x 1 thread; one level-0 read of "
+            f"{boxes[0, 2] - boxes[0, 0]:.0f} px per patch + PIL resize; {len(boxes)} tissue cells)",
+        )
+        show("RATIO pipeline warm / per-patch", f"{warm_runs[0].rate / per_patch.rate:.2f}")
+    workers, driver = warm_runs[0].worker_peaks_mib, peak_rss_mib()
+    show("peak RSS Dask workers", f"{mib(workers)} (each, during the first warm run)")
     show("peak RSS driver so far", mib([driver]))
     show("peak RSS tree, upper bound", f"{mib([driver + sum(workers)])} (driver + sum of worker peaks)")
-    show("peak RSS in-memory processes", mib(engine.peaks_mib))
+    show("peak RSS in-memory processes", mib(first_engine.peaks_mib))
+
+
+def warmup_slide(folder: Path, mpp: float) -> Path:
+    """A small square slide with one pink square, to warm the cluster up."""
+    quarter = WARMUP_SIDE / 4
+    scene = RectScene([Rect(quarter, quarter, 3 * quarter, 3 * quarter, PINK)])
+    return write_slide(folder / "warm-up.svs", scene, WARMUP_SIDE, WARMUP_SIDE, mpp)
+
+
+def bench_slide(
+    folder: Path, width: int, height: int, mpp: float, fraction: float, seed: int
+) -> tuple[Path, RectScene, float]:
+    """The synthetic slide of these parameters under ``folder`` (written when missing, atomically), its scene
+    and the fraction of it under tissue."""
+    scene, covered = tissue_scene(width, height, fraction, np.random.default_rng(seed))
+    path = folder / f"bench-{width}x{height}-{mpp:g}mpp-{fraction:g}-seed{seed}.svs"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = write_slide(path.with_suffix(".partial.svs"), scene, width, height, mpp, DOWNSAMPLES)
+        partial.replace(path)
+    return path, scene, covered
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,21 +543,19 @@ def main(argv: list[str] | None = None) -> None:
     clean_env = dict(os.environ)
     workdir = Path(tempfile.mkdtemp(prefix="bench-wsi-", dir=args.workdir))
     try:
-        rng = np.random.default_rng(args.seed)
-        scene, covered = tissue_scene(args.width, args.height, args.tissue_fraction, rng)
-        slide = workdir / "bench.svs"
         start = time.perf_counter()
-        write_slide(slide, scene, args.width, args.height, args.mpp, DOWNSAMPLES)
+        slides = args.slide_cache or workdir
+        slide, scene, covered = bench_slide(
+            slides, args.width, args.height, args.mpp, args.tissue_fraction, args.seed
+        )
         written = time.perf_counter() - start
-        quarter = WARMUP_SIDE / 4
-        warmup_scene = RectScene([Rect(quarter, quarter, 3 * quarter, 3 * quarter, PINK)])
-        warmup = write_slide(workdir / "warm-up.svs", warmup_scene, WARMUP_SIDE, WARMUP_SIDE, args.mpp)
+        warmup = warmup_slide(workdir, args.mpp)
         show(
             "slide",
             f"{args.width} x {args.height} px at {args.mpp} µm/px, downsamples {DOWNSAMPLES}, "
             f"{len(scene.rects)} rects, islands cover {covered:.1%}, {slide.stat().st_size / 2**20:.1f} MiB",
         )
-        show("slide write time", f"{written:.1f} s (not part of any rate)")
+        show("slide write time", f"{written:.1f} s (not part of any rate; cached in {slides})")
         show("cpu count", str(os.cpu_count()))
         show("peak RSS driver after writing", mib([peak_rss_mib()]))
         for name in args.model:

@@ -8,12 +8,21 @@ import pytest
 import torch
 
 from wsi_pipeline import ModelCard, build_module, dask_client, save_model
+from wsi_pipeline.onnx_engine import CACHE_ENV
 from wsi_pipeline.synthetic import Rect, RectScene, write_slide
 
 REPO = Path(__file__).resolve().parent.parent
 CMU_SLIDE = REPO / "sample_slides" / "CMU-1-Small-Region.svs"
 PINK = (200, 60, 160)  # saturated: tissue; the probe scores it about 0.2
 DARK = (40, 20, 60)  # the probe scores it about 0.98
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports and engine choices of the tests' models go to a temporary folder, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -59,7 +63,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
-    p.add_argument("--overwrite", action="store_true", help="score again slides whose heatmap is complete")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="score afresh slides whose heatmap exists (complete, partial, or made with other parameters); "
+        "without it, complete heatmaps are kept and partial ones resumed",
+    )
     p.add_argument(
         "--threshold", type=float, default=0.5, help="tumour probability from which a cell is tumour (0.5)"
     )
@@ -73,6 +82,23 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a batch system's time limit, scancel) stops a run as Ctrl-C does: resumable, unlocked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,26 +120,32 @@ def main(argv: list[str] | None = None) -> int:
         options.validate()
         reports.validate()
         slides = find_slides(args.slides)
-        results = score_slides(
-            slides,
-            args.model,
-            args.out,
-            options,
-            args.scheduler,
-            args.workers,
-            show_progress=not args.quiet,
-            reports=None if args.no_reports else reports,
-        )
+        with _sigterm_interrupts():
+            results = score_slides(
+                slides,
+                args.model,
+                args.out,
+                options,
+                args.scheduler,
+                args.workers,
+                show_progress=not args.quiet,
+                reports=None if args.no_reports else reports,
+            )
     except (InputError, ValueError) as error:
         print(f"wsi-score: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("wsi-score: interrupted; the blocks written are kept: run again to resume", file=sys.stderr)
+        return 130
     for result in results:
         if result.status == "failed":
             print(f"wsi-score: error: {result.message}", file=sys.stderr)
         elif result.status == "skipped":
             print(f"skipped {result.slide}: {result.message}")
         else:
-            print(f"ok {result.slide} -> {result.heatmap} ({result.patches} patches, {result.seconds:.1f} s)")
+            note = f"; {result.message}" if result.message else ""
+            done = f"{result.patches} patches, {result.seconds:.1f} s{note}"
+            print(f"ok {result.slide} -> {result.heatmap} ({done})")
         if result.summary is not None:
             print("  " + "; ".join(answer_parts(result.summary)))
     print(f"batch table: {Path(args.out) / BATCH_TABLE}")

@@ -5,6 +5,9 @@ Layout of ``<stem>.zarr``::
     zarr.json        ome.multiscales (axes c, y, x in micrometer), omero channel names, wsi_pipeline metadata
     0/, 1/, ...      class probabilities (c, y, x) float32 per grid cell; NaN where no tissue was scored
     labels/tissue/0, 1, ...   uint8 per grid cell: 1 = tissue (scored), 0 = background (never scored)
+    blocks_done/     uint8 per block of cells (one 1-byte chunk each): 1 once the block's scores are on disk
+
+A heatmap is written under an exclusive lock file ``<stem>.zarr.lock`` beside it (``FileLock``).
 
 Each value sits at the centre of its cell's patch: level 0 has ``scale = stride * target_mpp`` µm and
 ``translation = patch_size / 2 * target_mpp`` µm, measured from the slide's top-left corner.
@@ -12,13 +15,20 @@ Each value sits at the centre of its cell's patch: level 0 has ``scale = stride 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
 
 from .errors import InputError
 from .grid import Block, PatchGrid
@@ -27,6 +37,7 @@ NGFF_VERSION = "0.5"
 META_KEY = "wsi_pipeline"
 MIN_LEVELS = 2
 SMALLEST_LEVEL_CELLS = 256  # add levels until the largest side is at most this
+DONE_ARRAY = "blocks_done"
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
 
 
@@ -95,38 +106,99 @@ def _create_array(group: zarr.Group, name: str, **kwargs: object) -> zarr.Array:
     """A compressed array whose dimension names are the NGFF axes (``c, y, x`` or ``y, x``)."""
     shape = kwargs["data"].shape if "data" in kwargs else kwargs["shape"]
     names = ("c", "y", "x")[-len(shape) :]
-    return group.create_array(name, dimension_names=names, compressors=_COMPRESSORS, **kwargs)
+    return group.create_array(name, dimension_names=names, **{"compressors": _COMPRESSORS, **kwargs})
+
+
+def _sync_chunk(array: zarr.Array, chunk_coords: tuple[int, ...]) -> None:
+    """Flush a chunk just written to a local store to the disk (other stores hold it once written)."""
+    store = array.store
+    if isinstance(store, LocalStore):
+        fd = os.open(store.root / array.path / array.metadata.encode_chunk_key(chunk_coords), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class HeatmapWriter:
-    """Creates the store, takes blocks of scores as they finish, and marks it complete at the end."""
+    """Creates the store (or reopens a partial one), takes blocks of scores as they finish, records each block
+    as done once its scores are on disk, and marks the heatmap complete at the end."""
 
     def __init__(
         self, path: str | Path, grid: PatchGrid, class_names: list[str], block_cells: int, metadata: dict
     ) -> None:
-        self.path = Path(path)
-        self.grid = grid
-        self.metadata = {**metadata, "grid": grid.to_dict(), "class_names": class_names, "complete": False}
-        self.root = zarr.open_group(self.path, mode="w", zarr_format=3)
-        self._shapes = level_shapes(grid.shape)
+        root = zarr.open_group(path, mode="w", zarr_format=3)
         rows, cols = grid.shape
         chunk = (min(block_cells, max(rows, 1)), min(block_cells, max(cols, 1)))
-        self.probabilities = _create_array(
-            self.root,
+        _create_array(
+            root,
             "0",
             shape=(len(class_names), rows, cols),
             chunks=(len(class_names), *chunk),
             dtype="float32",
             fill_value=np.nan,
         )
-        labels = self.root.create_group("labels")
+        labels = root.create_group("labels")
         labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["tissue"]}
-        self.tissue_group = labels.create_group("tissue")
-        self.tissue = _create_array(
-            self.tissue_group, "0", shape=(rows, cols), chunks=chunk, dtype="uint8", fill_value=0
+        tissue_group = labels.create_group("tissue")
+        _create_array(tissue_group, "0", shape=(rows, cols), chunks=chunk, dtype="uint8", fill_value=0)
+        _create_array(
+            root,
+            DONE_ARRAY,
+            shape=(-(-rows // chunk[0]), -(-cols // chunk[1])),
+            chunks=(1, 1),
+            dtype="uint8",
+            fill_value=0,
+            compressors=None,
         )
+        metadata = {
+            **metadata,
+            "grid": grid.to_dict(),
+            "class_names": class_names,
+            "devices": [],
+            "complete": False,
+        }
+        self._bind(Path(path), root, metadata)
         self.root.attrs.update(self._ome_attrs(class_names, n_levels=1))
         self.tissue_group.attrs.update(self._tissue_attrs(n_levels=1))
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> HeatmapWriter:
+        """The writer of a partial heatmap, to add the blocks it lacks."""
+        root = zarr.open_group(path, mode="r+")
+        if DONE_ARRAY not in root:
+            raise InputError(path, "partial heatmap keeps no record of its finished blocks; --overwrite")
+        writer = cls.__new__(cls)
+        writer._bind(Path(path), root, dict(root.attrs[META_KEY]))
+        return writer
+
+    def _bind(self, path: Path, root: zarr.Group, metadata: dict) -> None:
+        self.path, self.root, self.metadata = path, root, metadata
+        self.grid = PatchGrid(**metadata["grid"])
+        self._shapes = level_shapes(self.grid.shape)
+        self.probabilities = root["0"]
+        self.tissue_group = root["labels/tissue"]
+        self.tissue = self.tissue_group["0"]
+        self.done = root[DONE_ARRAY]
+        self._written = self.done[...].astype(bool)
+
+    def _block_index(self, block: Block) -> tuple[int, int]:
+        rows, cols = self.probabilities.chunks[1:]
+        return block.row0_grid // rows, block.col0_grid // cols
+
+    def is_written(self, block: Block) -> bool:
+        """Whether a block's scores are in the store (from this run or an earlier one)."""
+        return bool(self._written[self._block_index(block)])
+
+    def record(self, **metadata: object) -> None:
+        """Update the run metadata in the store."""
+        self.metadata.update(metadata)
+        self.root.attrs.update({META_KEY: self.metadata})
+
+    def note_device(self, device: str) -> None:
+        """Record a device that scored blocks (kept across resumed runs)."""
+        if device not in self.metadata["devices"]:
+            self.record(devices=sorted([*self.metadata["devices"], device]))
 
     def _ome_attrs(self, class_names: list[str], n_levels: int) -> dict:
         channels = [
@@ -158,16 +230,24 @@ class HeatmapWriter:
         self.tissue[...] = tissue_cells.astype(np.uint8)
 
     def write_block(self, block: Block, probabilities: np.ndarray) -> None:
-        """Store a block's (classes, n_rows, n_cols) probabilities; aligned to chunks, so one write each."""
+        """Store a block's (classes, n_rows, n_cols) probabilities, one chunk (blocks are aligned to chunks),
+        then mark the block done: each chunk is written atomically, and the scores are flushed to the disk
+        first, so a block marked done always has its scores."""
         self.probabilities[(slice(None), *block.cells)] = probabilities
+        index = self._block_index(block)
+        _sync_chunk(self.probabilities, (0, *index))
+        self.done[index] = 1
+        self._written[index] = True
 
     def finalise(self, **metadata: object) -> None:
         """Build the coarser levels, then mark the heatmap complete (last, so a crash never claims it)."""
         probabilities, tissue = self.probabilities[...], self.tissue[...]
         for level in range(1, len(self._shapes)):
             probabilities, tissue = _halve(probabilities, "nanmean"), _halve(tissue, "max")
-            _create_array(self.root, str(level), data=probabilities, chunks=probabilities.shape)
-            _create_array(self.tissue_group, str(level), data=tissue, chunks=tissue.shape)
+            _create_array(
+                self.root, str(level), data=probabilities, chunks=probabilities.shape, overwrite=True
+            )
+            _create_array(self.tissue_group, str(level), data=tissue, chunks=tissue.shape, overwrite=True)
         self.tissue_group.attrs.update(self._tissue_attrs(len(self._shapes)))
         self.metadata.update(metadata, complete=True)
         self.root.attrs.update(self._ome_attrs(self.metadata["class_names"], len(self._shapes)))
@@ -221,3 +301,99 @@ def remove_heatmap(path: str | Path) -> None:
     if not is_heatmap(path):
         raise InputError(path, "exists and is not a wsi_pipeline heatmap; not overwriting it")
     shutil.rmtree(path)
+
+
+class LockedError(InputError):
+    """Another run holds the lock of an output."""
+
+
+def _read_holder(path: Path) -> dict | None:
+    """Who holds a lock file: its record, ``{}`` when unreadable (being written), None when it is gone."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _gone(holder: dict) -> bool:
+    """Whether the process named in a lock record has ended; only a process of this host can be checked."""
+    if os.name != "posix" or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    return False
+
+
+def describe_holder(holder: dict) -> str:
+    if not holder:
+        return "an unknown run (unreadable lock file)"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+
+
+class FileLock:
+    """An exclusive lock: the file ``path``, created only if absent (``O_EXCL``), holding who holds it (pid,
+    host, time). A lock left by a process of this host that has ended is stale and taken over."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.took_over: dict | None = None  # the record of a stale lock taken over
+
+    def acquire(self, wait_s: float = 0.0) -> FileLock:
+        """Take the lock, waiting up to ``wait_s`` seconds for another holder; raises ``LockedError``."""
+        deadline = time.monotonic() + wait_s
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(),
+        }
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _read_holder(self.path)
+                if holder is None or (_gone(holder) and self._take_over(holder)):
+                    continue
+                if time.monotonic() >= deadline:
+                    subject = self.path.with_suffix("")
+                    raise LockedError(
+                        subject,
+                        f"locked by {describe_holder(holder)}: another run is writing it "
+                        f"(if none is, delete {self.path})",
+                    ) from None
+                time.sleep(0.05)
+                continue
+            with os.fdopen(fd, "w") as file:
+                json.dump(record, file)
+            return self
+
+    def _take_over(self, holder: dict) -> bool:
+        """Move a stale lock aside; if another run replaced it meanwhile, put that one back and say so."""
+        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return True
+        try:
+            if _read_holder(aside) == holder:
+                self.took_over = holder
+                return True
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def lock_path(heatmap: str | Path) -> Path:
+    """The lock file of a heatmap store: ``<stem>.zarr.lock`` beside it."""
+    heatmap = Path(heatmap)
+    return heatmap.with_name(heatmap.name + ".lock")

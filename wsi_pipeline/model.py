@@ -14,9 +14,12 @@ runs code stored in the file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import pickle
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import onnx_engine
 from .checksum import file_sha256
 from .cnn import CompactCNN
 from .device import inference_context
@@ -44,6 +48,10 @@ WSINFER_STATE_DICTS = ("model.safetensors", "pytorch_model.bin")  # weights for 
 WSINFER_TORCHSCRIPT = "torchscript_model.pt"
 WSINFER_KEYS = ("num_classes", "class_names", "patch_size_pixels", "spacing_um_px", "transform")
 WSINFER_TRANSFORMS = ("Resize", "ToTensor", "Normalize")
+ENGINES = ("auto", "torch", "onnxruntime")
+ONNX_TOLERANCE = 1e-3  # largest |Δ probability| between ONNX Runtime and torch that the load check accepts
+CHECK_PATCHES = 8  # random patches of the load check
+TIMING_PATCHES, TIMING_ROUNDS = 32, 3  # the engine race of ``auto``
 
 
 @dataclass
@@ -275,12 +283,26 @@ def load_module(path: Path, card: ModelCard) -> torch.nn.Module:
 
 
 class Model:
-    """A loaded model on a device, scoring uint8 RGB patches in batches.
+    """A loaded model on a device, scoring uint8 RGB patches in batches with one of ``ENGINES``.
+
+    ``auto`` runs torch on CUDA (float16 autocast, channels_last). On the CPU it runs whichever of torch and
+    ONNX Runtime scored a small batch faster, measured once per model and machine and cached
+    (``onnx_engine``); ``onnxruntime`` asks for ONNX Runtime on the CPU. An ONNX Runtime session is used only
+    after it gave the same probabilities as torch (within ``ONNX_TOLERANCE``) on random patches; when it does
+    not, or ONNX Runtime is missing or the export fails, the model warns and runs torch. ``engine`` says which
+    runs.
+
+    The default is torch: scoring runs (``wsi-score``) do not choose engines yet, because ``auto``'s choice
+    can differ between processes with different thread counts and results must not depend on the scheduler.
 
     Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
     """
 
-    def __init__(self, folder: str | Path, device: torch.device) -> None:
+    def __init__(self, folder: str | Path, device: torch.device, engine: str = "torch") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if engine == "onnxruntime" and device.type != "cpu":
+            raise ValueError(f"the onnxruntime engine runs on the CPU, not {device}")
         self.folder = resolve_model_folder(folder)
         self.card = read_card(self.folder)
         self.weights_path = self.folder / self.card.weights
@@ -290,25 +312,110 @@ class Model:
         self.module = module.eval().to(device, memory_format=torch.channels_last)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
         self._scale, self._shift = normalisation(self.card, device)
+        self.engine = "torch"
+        self._logits: Callable[[torch.Tensor], torch.Tensor] = self._torch_logits
+        if device.type == "cpu" and engine != "torch":
+            self._try_onnxruntime(measure=engine == "auto")
 
     def predict(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3), resized (bilinear,
         antialiased) to the card's ``input_size`` when that differs from H × W."""
-        size = self.card.input_size
         out = np.empty((len(patches), len(self.card.class_names)), np.float32)
         for start in range(0, len(patches), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size]))
-            x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
-            x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last, no copy
-            if size is not None and x.shape[-2:] != (size, size):
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-            with inference_context(self.device):
-                logits = self.module(x).float()
+            batch = patches[start : start + batch_size]
+            logits = self._logits(self._inputs(batch))
             if logits.shape[1:] != (self.card.n_outputs,):
                 problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
                 raise InputError(self.weights_path, problem)
             out[start : start + len(batch)] = probabilities(logits, self.card.output).cpu().numpy()
         return out
+
+    @property
+    def input_side(self) -> int:
+        """Side of the square input the module takes."""
+        return self.card.input_size or self.card.patch_size
+
+    def _inputs(self, patches: np.ndarray) -> torch.Tensor:
+        """Normalised float NCHW (a view of NHWC memory: channels_last) on the device, at ``input_side``."""
+        batch = torch.from_numpy(np.ascontiguousarray(patches))
+        x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
+        x = x.permute(0, 3, 1, 2)
+        side = self.input_side
+        if x.shape[-2:] != (side, side):
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+        return x
+
+    def _torch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with inference_context(self.device):
+            return self.module(x).float()
+
+    def _random_inputs(self, n: int) -> torch.Tensor:
+        side = self.card.patch_size
+        return self._inputs(np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8))
+
+    def _try_onnxruntime(self, measure: bool) -> None:
+        """Switch to an ONNX Runtime session that agrees with torch (and, when ``measure``, is the faster);
+        warn and keep torch when there is none."""
+        card, side, path = self.card, self.input_side, None
+        try:
+            identity = {
+                "weights_sha256": self.weights_sha256,
+                "architecture": card.architecture,
+                "architecture_args": card.architecture_args,
+                "weights_format": card.weights_format,
+                "outputs": card.n_outputs,
+                "side": side,
+            }
+            key = onnx_engine.export_key(identity)
+            # one intra-op thread per Dask worker, as torch there (its workers set OMP_NUM_THREADS=1)
+            threads = torch.get_num_threads()
+            choice = onnx_engine.choice_path(key, threads)
+            known = faster_engine(choice) if measure else "onnxruntime"
+            if known == "torch":
+                return
+            data, path = onnx_engine.cached_export(self.module, (3, side, side), key)
+            engine = onnx_engine.OnnxEngine(data, threads)
+            x = self._random_inputs(CHECK_PATCHES)
+            reference, result = (probabilities(run(x), card.output) for run in (self._torch_logits, engine))
+            difference = float((reference - result).abs().max())
+            if not difference <= ONNX_TOLERANCE:
+                raise ValueError(
+                    f"it differs from torch by up to {difference:.2g} (tolerance {ONNX_TOLERANCE:g})"
+                )
+        except Exception as error:  # not installed, export or session failed, or wrong numbers
+            if path is not None:
+                path.unlink(missing_ok=True)  # a fresh export next time
+            message = f"{self.folder}: ONNX Runtime not used, scoring with torch ({type(error).__name__}: "
+            warnings.warn(message + f"{_summary(error)})", UserWarning, stacklevel=3)
+            return
+        if (known or self._race(engine, choice)) == "onnxruntime":
+            self.engine, self._logits = "onnxruntime", engine
+
+    def _race(self, engine: onnx_engine.OnnxEngine, choice: Path) -> str:
+        """The engine that scores ``TIMING_PATCHES`` faster (best of ``TIMING_ROUNDS``, alternating), with the
+        times stored in ``choice``."""
+        runs = {"torch": self._torch_logits, "onnxruntime": engine}
+        x = self._random_inputs(TIMING_PATCHES)
+        seconds = dict.fromkeys(runs, math.inf)
+        for run in runs.values():
+            run(x)  # first-call overheads
+        for _ in range(TIMING_ROUNDS):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(x)
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
+        with contextlib.suppress(OSError):
+            onnx_engine.write_atomically(choice, json.dumps({**seconds, "patches": TIMING_PATCHES}).encode())
+        return min(seconds, key=seconds.get)
+
+
+def faster_engine(choice: Path) -> str | None:
+    """The faster engine by the times stored in ``choice``; None when there are none."""
+    try:
+        seconds = json.loads(choice.read_text())
+        return "onnxruntime" if seconds["onnxruntime"] < seconds["torch"] else "torch"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def record_metrics(folder: str | Path, key: str, entry: dict) -> None:

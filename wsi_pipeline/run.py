@@ -1,28 +1,46 @@
-"""Scoring slides end to end on a Dask cluster: slide → tissue → grid → block tasks → heatmap store."""
+"""Scoring slides end to end on a Dask cluster: slide → tissue → grid → block tasks → heatmap store.
+
+Slides of a batch are scored together: the next slides are planned (hashed, tissue found, heatmap opened under
+its lock) in a thread while the blocks of the current ones run, at most a few blocks per worker thread are in
+flight across slide boundaries, and each slide is settled (heatmap finalised, reports, batch-table row) in
+slide order as soon as its last block is written. A heatmap records each block it holds, so an interrupted
+run resumes where it stopped; a heatmap made with other parameters is never mixed with new blocks.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from itertools import islice
 from pathlib import Path
 
 import dask
+import numpy as np
 
 from .checksum import file_sha256
 from .errors import InputError
-from .grid import PatchGrid, split_blocks, tissue_fraction
-from .heatmap import HeatmapWriter, is_heatmap, read_metadata, remove_heatmap
+from .grid import Block, PatchGrid, split_blocks, tissue_fraction
+from .heatmap import (
+    FileLock,
+    HeatmapWriter,
+    LockedError,
+    describe_holder,
+    is_heatmap,
+    lock_path,
+    read_metadata,
+    remove_heatmap,
+)
 from .model import read_card, resolve_model_folder
 from .progress import Progress
 from .reports import DEFAULT_REPORTS, ReportOptions, current_summary, ensure_reports
 from .scoring import ModelSource, SlideSource, score_block
 from .slide import Slide
-from .tables import batch_row, update_batch_table
+from .tables import BATCH_TABLE, batch_row, update_batch_table
 from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP, detect_tissue
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
@@ -32,6 +50,21 @@ WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_
 SCHEDULERS_HELP = (
     "local (worker processes sized to the machine), threads (one in-process worker), tcp://HOST:PORT"
 )
+PLANNED_AHEAD = 2  # slides planned ahead of the blocks being submitted
+TABLE_LOCK_WAIT_S = 60.0
+# What a heatmap's values depend on (paths into its metadata, and what to call them): a heatmap is resumed or
+# kept only when all of these are the same.
+IDENTITY = {
+    ("slide", "sha256"): "slide content (sha256)",
+    ("slide", "backend"): "slide reader",
+    ("model", "weights_sha256"): "model weights (sha256)",
+    **{("grid", f.name): f"grid {f.name}" for f in fields(PatchGrid)},
+    ("tissue_threshold",): "tissue threshold",
+    ("tissue_mpp",): "tissue µm/px",
+    ("tissue_min_um2",): "tissue min. area",
+    ("tissue_max_hole_um2",): "tissue max. hole area",
+    ("block_cells",): "block cells",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +81,7 @@ class ScoreOptions:
     device: str = "auto"
     backend: str = "auto"
     mpp: float | None = None  # overrides the slide's µm/px
-    overwrite: bool = False
+    overwrite: bool = False  # score afresh over an existing heatmap (complete, partial, or other parameters)
 
     def validate(self) -> None:
         if self.stride is not None and self.stride < 1:
@@ -114,6 +147,24 @@ def heatmap_path(slide_path: str | Path, out_dir: str | Path) -> Path:
     return Path(out_dir) / f"{Path(slide_path).stem}.zarr"
 
 
+def parameter_differences(old: dict, new: dict) -> list[str]:
+    """What a heatmap's values depend on that differs between two runs' metadata, with both values."""
+
+    def look_up(metadata: dict, keys: tuple[str, ...]) -> object:
+        for key in keys:
+            metadata = metadata.get(key) if isinstance(metadata, dict) else None
+        return metadata
+
+    def shown(value: object) -> str:
+        return f"{value[:12]}…" if isinstance(value, str) and len(value) == 64 else repr(value)
+
+    return [
+        f"{name} {shown(look_up(old, keys))} in the heatmap, {shown(look_up(new, keys))} now"
+        for keys, name in IDENTITY.items()
+        if look_up(old, keys) != look_up(new, keys)
+    ]
+
+
 def plan_grid(slide: Slide, patch_size: int, target_mpp: float, stride: int | None) -> PatchGrid:
     return PatchGrid(
         width0=slide.width0,
@@ -125,6 +176,301 @@ def plan_grid(slide: Slide, patch_size: int, target_mpp: float, stride: int | No
     )
 
 
+@dataclass
+class SlideJob:
+    """A slide of a batch from its planning to its settling; it holds its heatmap's lock until settled."""
+
+    path: Path
+    clock: float  # time.monotonic() when its planning began
+    heatmap: Path | None = None
+    lock: FileLock | None = None
+    writer: HeatmapWriter | None = None  # None: nothing to score (a complete heatmap) or failed
+    source: SlideSource | None = None
+    cells: np.ndarray | None = None  # grid cells to score
+    todo: deque[Block] = field(default_factory=deque)  # blocks still to submit
+    unwritten: int = 0  # blocks of this run whose scores are not written yet
+    patches: int = 0  # patches scored by this run
+    notes: list[str] = field(default_factory=list)
+    progress: Progress | None = None
+    error: Exception | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.error is not None or self.unwritten == 0
+
+
+def _failure(path: Path, error: Exception) -> str:
+    return str(error) if isinstance(error, InputError) else f"{path}: {type(error).__name__}: {error}"
+
+
+class _Batch:
+    """Slides scored together on the cluster behind ``client`` (see the module's docstring)."""
+
+    def __init__(
+        self,
+        client,
+        model_folder: Path,
+        out_dir: str | Path,
+        options: ScoreOptions,
+        show_progress: bool,
+        reports: ReportOptions | None,
+        table: bool = True,
+        raise_errors: bool = False,
+    ) -> None:
+        self.client, self.out_dir, self.options = client, Path(out_dir), options
+        self.show_progress, self.reports = show_progress, reports
+        self.table, self.raise_errors = table, raise_errors
+        self.card = read_card(model_folder)
+        self.model = ModelSource(
+            str(model_folder.resolve()), file_sha256(model_folder / self.card.weights), options.device
+        )
+        self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
+        self.paths: Iterator[str | Path] = iter(())  # slides not planned yet
+        self.planned: deque[Future[SlideJob]] = deque()  # in slide order
+        self.active: deque[SlideJob] = deque()  # taken up, in slide order
+        self.owners: dict = {}  # block future → (its SlideJob, its Block)
+        from distributed import as_completed
+
+        self.in_flight = as_completed()
+
+    def run(self, slide_paths: Sequence[str | Path]) -> list[SlideResult]:
+        """Score the slides; their results in slide order. An interrupt leaves every heatmap resumable."""
+        self.paths, results = iter(slide_paths), []
+        try:
+            self._plan_ahead()
+            while self.planned or self.active:
+                self._fill()
+                if not self.in_flight.is_empty():
+                    self._land(next(self.in_flight))
+                while self.active and self.active[0].settled:
+                    results.append(self._settle(self.active.popleft()))
+        finally:
+            self._abandon()
+        return results
+
+    def _plan_ahead(self) -> None:
+        while len(self.planned) < PLANNED_AHEAD and (path := next(self.paths, None)) is not None:
+            self.planned.append(self.planner.submit(self._plan, Path(path)))
+
+    def _fill(self) -> None:
+        """Submit blocks until a few per worker thread are in flight, taking up planned slides in order
+        (waiting for a plan only when nothing is in flight)."""
+        window = 2 * sum(self.client.nthreads().values()) + 2
+        while self.in_flight.count() < window:
+            job = next((job for job in self.active if job.todo), None)
+            if job is not None:
+                self._submit(job, job.todo.popleft())
+            elif self.planned and (self.planned[0].done() or self.in_flight.is_empty()):
+                self.active.append(self._take_up(self.planned.popleft().result()))
+                self._plan_ahead()
+            else:
+                break
+
+    def _plan(self, path: Path) -> SlideJob:
+        """Open the slide, lock its heatmap, and decide what to score (runs in the planning thread)."""
+        job = SlideJob(path, time.monotonic())
+        try:
+            with Slide(path, self.options.backend, self.options.mpp) as slide, contextlib.ExitStack() as undo:
+                job.heatmap = heatmap_path(path, self.out_dir)
+                if job.heatmap.exists() and not is_heatmap(job.heatmap):
+                    raise InputError(
+                        job.heatmap, "exists and is not a wsi_pipeline heatmap; not overwriting it"
+                    )
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                job.lock = FileLock(lock_path(job.heatmap)).acquire()
+                undo.callback(job.lock.release)
+                if job.lock.took_over is not None:
+                    job.notes.append(f"took over the stale lock of {describe_holder(job.lock.took_over)}")
+                self._open_heatmap(job, slide)
+                undo.pop_all()
+        except Exception as error:  # reported when the slide's turn comes
+            job.error, job.lock = error, None
+        return job
+
+    def _open_heatmap(self, job: SlideJob, slide: Slide) -> None:
+        """Start the slide's heatmap, resume a partial one made the same way, or keep a complete one."""
+        options, card = self.options, self.card
+        job.source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
+        grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
+        started = datetime.now(timezone.utc).isoformat()
+        metadata = {
+            "slide": {
+                "path": job.source.path,
+                "sha256": file_sha256(job.path),
+                "backend": slide.backend,
+                "mpp": slide.mpp,
+                "mpp_source": "file" if options.mpp is None else "--mpp",
+                "width0": slide.width0,
+                "height0": slide.height0,
+            },
+            "model": {
+                "name": card.name,
+                "folder": self.model.folder,
+                "weights_sha256": self.model.weights_sha256,
+                "architecture": card.architecture,
+            },
+            "grid": grid.to_dict(),
+            "tissue_threshold": options.tissue_threshold,
+            "tissue_mpp": options.tissue_mpp,
+            "tissue_min_um2": options.tissue_min_um2,
+            "tissue_max_hole_um2": options.tissue_max_hole_um2,
+            "block_cells": options.block_cells,
+            "package_version": package_version(),
+            "started": started,
+        }
+        existing = None if options.overwrite or not job.heatmap.exists() else read_metadata(job.heatmap)
+        if existing is not None:
+            differences = parameter_differences(existing, metadata)
+            if differences:
+                raise InputError(
+                    job.heatmap,
+                    f"holds a heatmap made with other parameters ({'; '.join(differences)}); "
+                    "--overwrite scores it afresh",
+                )
+            if existing.get("complete"):
+                job.notes.insert(0, "complete heatmap exists (--overwrite)")
+                return
+        tissue = detect_tissue(
+            slide.thumbnail(options.tissue_mpp),
+            options.tissue_mpp,
+            min_tissue_um2=options.tissue_min_um2,
+            max_hole_um2=options.tissue_max_hole_um2,
+        )
+        job.cells = tissue_fraction(grid, tissue) >= options.tissue_threshold
+        if existing is None:
+            if job.heatmap.exists():
+                remove_heatmap(job.heatmap)
+            metadata["tissue_saturation_threshold"] = tissue.threshold
+            job.writer = HeatmapWriter(job.heatmap, grid, card.class_names, options.block_cells, metadata)
+            job.writer.write_tissue(job.cells)
+        else:
+            job.writer = HeatmapWriter.reopen(job.heatmap)
+            if not np.array_equal(job.writer.tissue[...].astype(bool), job.cells):
+                raise InputError(
+                    job.heatmap,
+                    "partial heatmap has other tissue cells than found now; --overwrite scores it afresh",
+                )
+            job.writer.record(resumed=[*existing.get("resumed", []), started])
+        blocks = [b for b in split_blocks(grid.shape, options.block_cells) if job.cells[b.cells].any()]
+        job.todo = deque(b for b in blocks if not job.writer.is_written(b))
+        job.unwritten = len(job.todo)
+        job.patches = sum(int(job.cells[b.cells].sum()) for b in job.todo)
+        if len(job.todo) < len(blocks):
+            job.notes.append(f"resumed: {len(blocks) - len(job.todo)} of {len(blocks)} blocks were written")
+
+    def _take_up(self, job: SlideJob) -> SlideJob:
+        if job.writer is not None and self.show_progress:
+            job.progress = Progress(job.patches, job.path.name)
+        return job
+
+    def _submit(self, job: SlideJob, block: Block) -> None:
+        future = self.client.submit(
+            score_block,
+            job.source,
+            self.model,
+            job.writer.grid,
+            block,
+            job.cells[block.cells],
+            self.options.batch_size,
+            pure=False,
+        )
+        self.owners[future] = (job, block)
+        self.in_flight.add(future)
+
+    def _land(self, future) -> None:
+        """Write a block's scores into its slide's heatmap; a block that failed fails its slide only."""
+        job, block = self.owners.pop(future, (None, None))
+        if job is None:  # cancelled with its slide
+            return
+        try:
+            _, probabilities, device = future.result()
+            job.writer.write_block(block, probabilities)
+            job.writer.note_device(device)
+        except Exception as error:
+            self._fail(job, error)
+            return
+        finally:
+            future.release()
+        job.unwritten -= 1
+        if job.progress is not None:
+            job.progress.update(int(job.cells[block.cells].sum()))
+
+    def _fail(self, job: SlideJob, error: Exception) -> None:
+        job.error = error
+        job.todo.clear()
+        doomed = [future for future, (owner, _) in self.owners.items() if owner is job]
+        for future in doomed:
+            del self.owners[future]
+        if doomed:
+            self.client.cancel(doomed)
+
+    def _settle(self, job: SlideJob) -> SlideResult:
+        """Finalise a slide's heatmap, write its reports and its batch-table row, and release its lock. A
+        slide locked by another run leaves that run's row alone."""
+        if job.progress is not None:
+            job.progress.close()
+        try:
+            result, metadata = self._finish(job)
+        except Exception as error:
+            if self.raise_errors:
+                raise
+            result = SlideResult(
+                job.path, "failed", None, _failure(job.path, error), seconds=time.monotonic() - job.clock
+            )
+            if self.table and not isinstance(error, LockedError):
+                self._write_row(result, None)
+        else:
+            if self.table:
+                self._write_row(result, metadata)
+        finally:
+            if job.lock is not None:
+                job.lock.release()
+        return result
+
+    def _finish(self, job: SlideJob) -> tuple[SlideResult, dict]:
+        if job.error is not None:
+            raise job.error
+        message = "; ".join(job.notes)
+        if job.writer is None:
+            result = SlideResult(job.path, "skipped", job.heatmap, message)
+        else:
+            seconds = time.monotonic() - job.clock
+            job.writer.finalise(
+                patches_scored=int(job.cells.sum()),
+                seconds=round(seconds, 3),
+                finished=datetime.now(timezone.utc).isoformat(),
+            )
+            result = SlideResult(job.path, "ok", job.heatmap, message, job.patches, seconds)
+        if self.reports is None:
+            result.summary = current_summary(job.heatmap)
+        else:
+            result.summary = ensure_reports(job.heatmap, self.reports)
+        return result, read_metadata(job.heatmap)
+
+    def _write_row(self, result: SlideResult, metadata: dict | None) -> None:
+        """Update the slide's row of ``OUT/slides.csv`` under the table's lock (other runs may share OUT)."""
+        lock = FileLock(self.out_dir / f"{BATCH_TABLE}.lock").acquire(TABLE_LOCK_WAIT_S)
+        try:
+            update_batch_table(self.out_dir, [batch_row(result, metadata)])
+        finally:
+            lock.release()
+
+    def _abandon(self) -> None:
+        """Cancel what is in flight and release every lock still held (all are, after an interrupt): each
+        heatmap keeps the blocks written so far and is resumed by the next run."""
+        if self.owners:
+            self.client.cancel(list(self.owners))
+            self.owners.clear()
+        for plan in self.planned:
+            plan.cancel()
+        self.planner.shutdown(wait=True)
+        for job in [*self.active, *(plan.result() for plan in self.planned if not plan.cancelled())]:
+            if job.progress is not None:
+                job.progress.close()
+            if job.lock is not None:
+                job.lock.release()
+
+
 def score_slide(
     slide_path: str | Path,
     model_folder: str | Path,
@@ -134,119 +480,14 @@ def score_slide(
     show_progress: bool = True,
 ) -> SlideResult:
     """Score one slide into ``out_dir/<stem>.zarr`` with a model folder (or bundled model name) on the cluster
-    behind ``client``."""
+    behind ``client``; no reports or batch-table row, and a failure is raised."""
     options.validate()
-    started, clock = datetime.now(timezone.utc), time.monotonic()
-    out_path = heatmap_path(slide_path, out_dir)
-    if out_path.exists():
-        if not is_heatmap(out_path):
-            raise InputError(out_path, "exists and is not a wsi_pipeline heatmap; not overwriting it")
-        if read_metadata(out_path).get("complete") and not options.overwrite:
-            return SlideResult(Path(slide_path), "skipped", out_path, "complete heatmap exists (--overwrite)")
     model_folder = resolve_model_folder(model_folder)
-    card = read_card(model_folder)
-    model_source = ModelSource(
-        str(model_folder.resolve()), file_sha256(model_folder / card.weights), options.device
+    batch = _Batch(
+        client, model_folder, out_dir, options, show_progress, None, table=False, raise_errors=True
     )
-    with Slide(slide_path, options.backend, options.mpp) as slide:
-        slide_source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
-        grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
-        tissue = detect_tissue(
-            slide.thumbnail(options.tissue_mpp),
-            options.tissue_mpp,
-            min_tissue_um2=options.tissue_min_um2,
-            max_hole_um2=options.tissue_max_hole_um2,
-        )
-    cells = tissue_fraction(grid, tissue) >= options.tissue_threshold
-    if out_path.exists():
-        remove_heatmap(out_path)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "slide": {
-            "path": slide_source.path,
-            "sha256": file_sha256(slide_path),
-            "backend": slide.backend,
-            "mpp": slide.mpp,
-            "mpp_source": "file" if options.mpp is None else "--mpp",
-            "width0": slide.width0,
-            "height0": slide.height0,
-        },
-        "model": {
-            "name": card.name,
-            "folder": model_source.folder,
-            "weights_sha256": model_source.weights_sha256,
-            "architecture": card.architecture,
-        },
-        "tissue_threshold": options.tissue_threshold,
-        "tissue_mpp": options.tissue_mpp,
-        "tissue_min_um2": options.tissue_min_um2,
-        "tissue_max_hole_um2": options.tissue_max_hole_um2,
-        "tissue_saturation_threshold": tissue.threshold,
-        "block_cells": options.block_cells,
-        "package_version": package_version(),
-        "started": started.isoformat(),
-    }
-    writer = HeatmapWriter(out_path, grid, card.class_names, options.block_cells, metadata)
-    writer.write_tissue(cells)
-    blocks = [block for block in split_blocks(grid.shape, options.block_cells) if cells[block.cells].any()]
-    n_patches = int(cells.sum())
-    progress = Progress(n_patches, Path(slide_path).name) if show_progress else None
-    try:
-        devices = _run_blocks(
-            client, blocks, cells, slide_source, model_source, grid, options, writer, progress
-        )
-    finally:
-        if progress is not None:
-            progress.close()
-    seconds = time.monotonic() - clock
-    writer.finalise(
-        devices=sorted(devices),
-        patches_scored=n_patches,
-        seconds=round(seconds, 3),
-        finished=datetime.now(timezone.utc).isoformat(),
-    )
-    return SlideResult(Path(slide_path), "ok", out_path, "", n_patches, seconds)
-
-
-def _run_blocks(
-    client, blocks, cells, slide_source, model_source, grid, options, writer, progress
-) -> set[str]:
-    """Submit block tasks, at most a few per worker thread at a time, and write each result as it lands."""
-    from distributed import as_completed
-
-    max_in_flight = 2 * sum(client.nthreads().values()) + 2
-    todo = iter(blocks)
-
-    def submit(block):
-        return client.submit(
-            score_block,
-            slide_source,
-            model_source,
-            grid,
-            block,
-            cells[block.cells],
-            options.batch_size,
-            pure=False,
-        )
-
-    in_flight = as_completed([submit(block) for block in islice(todo, max_in_flight)])
-    devices: set[str] = set()
-    try:
-        for future in in_flight:
-            block, probabilities, device = future.result()
-            future.release()
-            writer.write_block(block, probabilities)
-            devices.add(device)
-            if progress is not None:
-                progress.update(int(cells[block.cells].sum()))
-            following = next(todo, None)
-            if following is not None:
-                in_flight.add(submit(following))
-    finally:
-        remaining = list(in_flight.futures)
-        if remaining:
-            client.cancel(remaining)
-    return devices
+    (result,) = batch.run([slide_path])
+    return result
 
 
 def score_slides(
@@ -260,10 +501,13 @@ def score_slides(
     show_progress: bool = True,
     reports: ReportOptions | None = DEFAULT_REPORTS,
 ) -> list[SlideResult]:
-    """Score each slide with a model folder (or bundled model name), write its reports (unless ``reports`` is
-    None; a complete heatmap's missing or outdated reports are made again) and, after each slide, its row of
-    ``out_dir/slides.csv``. A slide that fails is reported and the batch goes on. Scripts using the default
-    local cluster need an ``if __name__ == "__main__":`` guard."""
+    """Score slides with a model folder (or bundled model name), several at a time, each into
+    ``out_dir/<stem>.zarr``, with its reports (unless ``reports`` is None; a complete heatmap's missing or
+    outdated reports are made again) and its row of ``out_dir/slides.csv`` written as soon as it is done. A
+    slide that fails is reported and the batch goes on. A partial heatmap with the same parameters is resumed;
+    one with other parameters is refused unless ``options.overwrite``. Scripts using the default local cluster
+    need an ``if __name__ == "__main__":`` guard."""
+    options.validate()
     model_folder = resolve_model_folder(model_folder)
     read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
     if reports is not None:
@@ -271,24 +515,4 @@ def score_slides(
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(dask_client(scheduler, n_workers))
-        results = []
-        for path in slide_paths:
-            clock = time.monotonic()
-            try:
-                result = score_slide(path, model_folder, out_dir, client, options, show_progress)
-                metadata = read_metadata(result.heatmap)
-                if reports is None:
-                    result.summary = current_summary(result.heatmap)
-                else:
-                    result.summary = ensure_reports(result.heatmap, reports)
-            except Exception as error:  # a batch goes on past any one slide's failure
-                message = (
-                    str(error)
-                    if isinstance(error, InputError)
-                    else f"{path}: {type(error).__name__}: {error}"
-                )
-                result = SlideResult(Path(path), "failed", None, message, seconds=time.monotonic() - clock)
-                metadata = None
-            results.append(result)
-            update_batch_table(out_dir, [batch_row(result, metadata)])
-    return results
+        return _Batch(client, model_folder, out_dir, options, show_progress, reports).run(slide_paths)

@@ -5,6 +5,7 @@ A task receives only coordinates and paths (never pixels); the returned scores a
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .slide import Slide
 _OPEN_SLIDES_MAX = 8
 _open_slides: OrderedDict[tuple, Slide] = OrderedDict()
 _models: dict[tuple[str, str], Model] = {}
+_models_lock = threading.Lock()  # a worker with several threads loads each model once
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,12 @@ def worker_slide(source: SlideSource) -> Slide:
 def worker_model(source: ModelSource) -> Model:
     """This process's copy of the model on its device, loaded on first use."""
     key = (source.weights_sha256, source.device)
-    if key not in _models:
-        model = Model(source.folder, resolve_device(source.device))
-        if model.weights_sha256 != source.weights_sha256:
-            raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
-        _models[key] = model
+    with _models_lock:
+        if key not in _models:
+            model = Model(source.folder, resolve_device(source.device))
+            if model.weights_sha256 != source.weights_sha256:
+                raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
+            _models[key] = model
     return _models[key]
 
 

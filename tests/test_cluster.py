@@ -1,0 +1,172 @@
+"""An existing Dask cluster (``dask scheduler`` + two ``dask worker`` processes): the same heatmaps as the
+in-process run, several slides together, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+
+from wsi_pipeline import ScoreOptions, dask_client, read_heatmap, score_slides, scoring
+from wsi_pipeline.cli import main
+from wsi_pipeline.heatmap import HeatmapWriter
+
+from .conftest import make_slide
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = 120
+# Many small blocks, so that a run lasts long enough to lose a worker in the middle of it.
+BLOCK_CELLS = 2
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@dataclass
+class Cluster:
+    address: str
+    client: Client
+    workers: list[subprocess.Popen]  # each the leader of its own process group (nanny and worker)
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    with log.open("w") as file:
+        return subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdout=file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **WORKER_ENV},
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End a process and its group: politely, then by force."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Iterator[Cluster]:
+    """A scheduler and two single-threaded workers on 127.0.0.1 (ports chosen by the OS), all ended after."""
+    scheduler_file = tmp_path / "scheduler.json"
+    processes = [
+        _start(
+            [
+                "distributed.cli.dask_scheduler",
+                *("--host", "127.0.0.1", "--port", "0", "--no-dashboard"),
+                *("--scheduler-file", str(scheduler_file)),
+            ],
+            tmp_path / "scheduler.log",
+        )
+    ]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not scheduler_file.is_file():
+            assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            assert processes[0].poll() is None, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written whole, but give the scheduler a moment to listen
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):
+            worker_args = [
+                "distributed.cli.dask_worker",
+                address,
+                *("--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard"),
+                *("--memory-limit", "0", "--death-timeout", "60"),
+            ]
+            processes.append(_start(worker_args, tmp_path / f"worker{i}.log"))
+        with Client(address, timeout=START_TIMEOUT_S) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
+            yield Cluster(address, client, processes[1:])
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("slides")
+    make_slide(folder / "a.svs", 2400, 2000, 0.5, [(900.0, 900.0, 1500.0, 1400.0)])
+    make_slide(folder / "b.svs", 3000, 2400, 0.5, [(1200.0, 800.0, 1900.0, 1300.0)])
+    return [folder / "a.svs", folder / "b.svs"]
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, slides, probe_model, one_torch_thread) -> dict[str, np.ndarray]:
+    """Each slide's probabilities from an in-process (threads) cluster whose threads, like the workers, run
+    torch on one thread, its model loaded afresh (the thread count changes the order of float sums, and the
+    engine a model picks; a thread keeps the count it started with)."""
+    out = tmp_path_factory.mktemp("threads")
+    options = ScoreOptions(block_cells=BLOCK_CELLS)
+    with pytest.MonkeyPatch.context() as patch, dask_client("threads", n_workers=2) as client:
+        patch.setattr(scoring, "_models", {})
+        results = score_slides(slides, probe_model, out, options, client=client, show_progress=False)
+    assert [r.status for r in results] == ["ok", "ok"]
+    return {r.slide.stem: read_heatmap(r.heatmap).probabilities for r in results}
+
+
+def wsi_score(cluster: Cluster, slides: list[Path], out: Path, probe_model: Path) -> int:
+    args = [*map(str, slides), "-o", str(out), "--model", str(probe_model), "-q"]
+    return main([*args, "--scheduler", cluster.address, "--block-cells", str(BLOCK_CELLS)])
+
+
+def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slides, probe_model, references):
+    assert wsi_score(cluster, slides, tmp_path / "out", probe_model) == 0
+    for slide in slides:
+        heatmap = read_heatmap(tmp_path / "out" / f"{slide.stem}.zarr")
+        assert heatmap.complete and heatmap.metadata["devices"] == ["cpu"]
+        np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])
+
+    def cached_models() -> list[str]:
+        from wsi_pipeline.scoring import _models
+
+        return [weights for weights, _ in _models]
+
+    # both workers scored, each with one copy of the model, cached by its weights' hash
+    weights = read_heatmap(tmp_path / "out" / "a.zarr").metadata["model"]["weights_sha256"]
+    assert list(cluster.client.run(cached_models).values()) == [[weights], [weights]]
+
+
+def test_a_worker_killed_mid_run_still_gives_complete_heatmaps(
+    tmp_path, cluster, slides, probe_model, references, monkeypatch
+):
+    """After a few blocks are written, the worker with the most blocks in hand is killed (SIGKILL, nanny too):
+    the scheduler gives its blocks to the other worker, and the heatmaps come out whole and the same."""
+    original, written, killed = HeatmapWriter.write_block, [], []
+    pids = cluster.client.run(os.getpid)  # worker address → pid; each worker's group is its nanny's
+
+    def write_then_kill(self, block, probabilities):
+        original(self, block, probabilities)
+        written.append(block)
+        if len(written) == 3:
+            processing = cluster.client.processing()
+            victim = max(pids, key=lambda address: len(processing.get(address, ())))
+            killed.append(len(processing[victim]))
+            os.killpg(os.getpgid(pids[victim]), signal.SIGKILL)
+
+    monkeypatch.setattr(HeatmapWriter, "write_block", write_then_kill)
+    assert wsi_score(cluster, slides, tmp_path / "out", probe_model) == 0
+    assert killed and killed[0] > 0  # the killed worker had blocks in hand
+    assert len(cluster.client.nthreads()) == 1
+    for slide in slides:
+        heatmap = read_heatmap(tmp_path / "out" / f"{slide.stem}.zarr")
+        assert heatmap.complete
+        np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])

@@ -1,0 +1,207 @@
+"""The napari plugin: discovery, readers, layer geometry in µm, the scoring widget and what the canvas shows.
+
+Runs under a real X server (``xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest``); skipped without
+napari or a display.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zarr
+
+pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[dev]')")
+pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install -e '.[dev]')")
+if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip("no display: run under xvfb-run (see .ci/run)", allow_module_level=True)
+from wsi_pipeline import read_heatmap, score_slides
+from wsi_pipeline.heatmap import read_metadata
+from wsi_pipeline.napari.layers import TILE
+from wsi_pipeline.slide import SLIDE_SUFFIXES, Slide
+
+from .conftest import make_slide
+
+# napari fixes its settings file when napari.settings is first imported (by napari's own autouse fixtures, in
+# the first test of the session), so it is set here, at collection; the folder goes when the session ends.
+_SETTINGS = tempfile.TemporaryDirectory(prefix="napari-settings-")
+os.environ["NAPARI_CONFIG"] = str(Path(_SETTINGS.name) / "settings.yaml")
+
+PLUGIN = "wsi-pipeline"
+MPP0 = 0.486  # half PCam's 0.972 µm/px: two level-0 px per target px
+WIDTH0, HEIGHT0 = 2400, 2000  # a 10 × 12 grid of 96-px patches
+DARK_CELLS = (3, 6, 4, 8)  # rows 3–5, cols 4–7 (end-exclusive): 12 cells the probe scores ~0.98
+CELL0 = 96 * 2  # level-0 px per cell (stride 96 target px)
+DARK_LEVEL0 = (DARK_CELLS[2] * CELL0, DARK_CELLS[0] * CELL0, DARK_CELLS[3] * CELL0, DARK_CELLS[1] * CELL0)
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("slides") / "node.svs"
+    make_slide(path, WIDTH0, HEIGHT0, MPP0, [DARK_LEVEL0])
+    return path
+
+
+@pytest.fixture(scope="module")
+def heatmap_path(slide_path, probe_model, client, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("results")
+    [result] = score_slides([slide_path], probe_model, out, client=client, show_progress=False)
+    return result.heatmap
+
+
+def dark_centre_um() -> tuple[float, float]:
+    """(y, x) µm of the middle of the dark rectangle."""
+    x0, y0, x1, y1 = DARK_LEVEL0
+    return (y0 + y1) / 2 * MPP0, (x0 + x1) / 2 * MPP0
+
+
+def test_manifest_is_discovered_and_covers_slide_suffixes():
+    from npe2 import PluginManager
+
+    plugins = PluginManager()
+    plugins.discover()  # entry points of the installed packages, as napari does
+    manifest = plugins.get_manifest(PLUGIN)
+    [reader] = manifest.contributions.readers
+    assert set(reader.filename_patterns) == {f"*{suffix}" for suffix in SLIDE_SUFFIXES} | {"*.zarr"}
+    assert reader.accepts_directories
+    assert [widget.display_name for widget in manifest.contributions.widgets] == ["Score slide"]
+
+
+def test_reader_declines_what_is_not_ours(tmp_path):
+    from wsi_pipeline.napari.reader import get_reader
+
+    foreign = zarr.open_group(tmp_path / "foreign.zarr", mode="w")
+    foreign.create_array("0", shape=(4, 4), dtype="uint8")
+    (tmp_path / "text.tif").write_text("not a slide")
+    assert get_reader(str(tmp_path / "foreign.zarr")) is None
+    assert get_reader(str(tmp_path / "text.tif")) is None
+    assert get_reader(str(tmp_path)) is None
+
+
+def test_slide_opens_lazily_as_multiscale_in_micrometres(make_napari_viewer, slide_path, monkeypatch):
+    reads = []
+    original = Slide.read_level
+
+    def counting(self, level, x, y, width, height):
+        reads.append((level, width, height))
+        return original(self, level, x, y, width, height)
+
+    monkeypatch.setattr(Slide, "read_level", counting)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(slide_path), plugin=PLUGIN)
+    assert layer.multiscale and layer.rgb
+    assert [level.shape for level in layer.data] == [(2000, 2400, 3), (500, 600, 3), (125, 150, 3)]
+    assert all(type(level).__name__ == "Array" for level in layer.data)  # dask, not numpy
+    np.testing.assert_allclose(layer.scale, (MPP0, MPP0))
+    np.testing.assert_allclose(layer.translate, (MPP0 / 2, MPP0 / 2))
+    assert reads and all(level > 0 and width * height <= TILE**2 for level, width, height in reads)
+
+
+def test_heatmap_layers_lie_over_their_patches(make_napari_viewer, heatmap_path, slide_path):
+    viewer = make_napari_viewer()
+    slide, tissue, probability, regions = viewer.open(str(heatmap_path), plugin=PLUGIN)
+    assert (slide._type_string, tissue._type_string, regions._type_string) == ("image", "labels", "shapes")
+    assert probability.contrast_limits == [0.0, 1.0]
+    grid = read_heatmap(heatmap_path).grid
+    row, col = 4, 5  # a dark cell
+    x0, y0, x1, y1 = grid.cell_boxes_level0(np.array([row]), np.array([col]))[0]
+    centre_um = ((y0 + y1) / 2 * MPP0, (x0 + x1) / 2 * MPP0)
+    np.testing.assert_allclose(probability.data_to_world((row, col)), centre_um)
+    np.testing.assert_allclose(probability.world_to_data(centre_um), (row, col), atol=1e-9)
+    np.testing.assert_allclose(tissue.world_to_data(centre_um), (row, col), atol=1e-9)
+    # level-0 pixel i is centred at (i + 0.5)·mpp: the patch centre is pixel edge (x0 + x1) / 2
+    np.testing.assert_allclose(slide.world_to_data(centre_um), ((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5))
+    assert probability.data[row, col] > 0.9
+    # one region: the dark cells' squares, sized in its features as in the summary
+    assert regions.nshapes == 1 and regions.features["region"].tolist() == [1]
+    (y_min, x_min), (y_max, x_max) = regions.data[0].min(0), regions.data[0].max(0)
+    np.testing.assert_allclose((x_min, y_min, x_max, y_max), np.array(DARK_LEVEL0) * MPP0)
+    np.testing.assert_allclose(regions.features["area_mm2"][0], 12 * (grid.cell_um / 1000) ** 2)
+    # the same slide opened afterwards lands on the same place
+    [again] = viewer.open(str(slide_path), plugin=PLUGIN)
+    np.testing.assert_allclose(again.data_to_world((10, 20)), slide.data_to_world((10, 20)))
+
+
+def run_score(widget, qtbot, model: Path, out: Path, block_cells: int) -> None:
+    widget.model_box.setCurrentText(str(model))
+    widget.out_edit.setText(str(out))
+    widget.block_box.setValue(block_cells)
+    widget.score_button.click()
+    assert widget.worker is not None
+
+
+def test_widget_scores_the_open_slide_and_canvas_shows_it(
+    make_napari_viewer, qtbot, slide_path, probe_model, tmp_path
+):
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(slide_path), plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Score slide")
+    assert widget.slide_box.currentData() == str(slide_path)
+    run_score(widget, qtbot, probe_model, tmp_path, block_cells=4)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    store = tmp_path / "node.zarr"
+    assert read_metadata(store)["complete"] and (tmp_path / "node.summary.json").is_file()
+    probability = widget.heatmap_layer()
+    heatmap = read_heatmap(store)
+    np.testing.assert_allclose(probability.data, heatmap.probabilities[1], equal_nan=True)
+    assert widget.regions_label.text().startswith("1 region(s) ≥ 0.50")
+
+    widget.threshold_slider.setValue(0.999)
+    assert widget.regions_label.text().startswith("0 region(s)")
+    assert viewer.layers["node regions"].nshapes == 0
+    widget.threshold_slider.setValue(0.5)
+    assert viewer.layers["node regions"].nshapes == 1
+
+    cell_centre_um = np.asarray(probability.data_to_world((4, 5)))
+    [on_click] = [f for f in viewer.mouse_drag_callbacks if getattr(f, "__self__", None) is widget]
+    on_click(viewer, SimpleNamespace(type="mouse_press", position=(0, *cell_centre_um)))
+    assert "Cell (4, 5)" in widget.cell_label.text() and "dark 0.9" in widget.cell_label.text()
+
+    viewer.reset_view()
+    qtbot.wait(50)
+    canvas = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert canvas.std() > 20  # not blank
+    camera = viewer.scene.camera
+
+    def pixel(y_um: float, x_um: float) -> np.ndarray:
+        height, width = canvas.shape[:2]
+        row = round(height / 2 + (y_um - camera.center[-2]) * camera.zoom)
+        col = round(width / 2 + (x_um - camera.center[-1]) * camera.zoom)
+        return canvas[row, col]
+
+    red, green, blue = pixel(*dark_centre_um())  # viridis' yellow end over the dark rectangle
+    assert green > 120 and blue < 80, (red, green, blue)
+    red, green, blue = pixel(HEIGHT0 * 0.2 * MPP0, WIDTH0 * 0.2 * MPP0)  # pink tissue, low probability
+    assert blue > green, (red, green, blue)
+    assert (pixel(HEIGHT0 * 0.05 * MPP0, WIDTH0 * 0.05 * MPP0) > 240).all()  # background: no heatmap
+
+
+def test_cancel_stops_after_a_block_and_leaves_an_incomplete_store(
+    make_napari_viewer, qtbot, slide_path, probe_model, tmp_path
+):
+    from qtpy.QtCore import Qt
+
+    from wsi_pipeline.napari.scoring import BlockScored
+
+    viewer = make_napari_viewer()
+    viewer.open(str(slide_path), plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Score slide")
+    run_score(widget, qtbot, probe_model, tmp_path, block_cells=4)
+    worker = widget.worker
+    # quit in the worker's thread on the first block, as a Cancel click would between two blocks
+    worker.yielded.connect(
+        lambda event: isinstance(event, BlockScored) and worker.quit(), Qt.ConnectionType.DirectConnection
+    )
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.status.text().startswith("Cancelled"), widget.status.text()
+    heatmap = read_heatmap(tmp_path / "node.zarr")
+    assert not heatmap.complete
+    written = np.isfinite(heatmap.probabilities[1])
+    assert 0 < written.sum() < heatmap.tissue.sum()
+    assert written[4:].sum() == 0 and written[:, 4:].sum() == 0  # only the first tissue block
