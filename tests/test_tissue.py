@@ -40,3 +40,13 @@ def test_rectangle_is_found_and_specks_dropped():
     truth[50:150, 50:200] = True
     assert (mask & truth).sum() / (mask | truth).sum() > 0.95
     assert not mask[:40, 240:].any()  # the 16 µm speck is below the minimum object area
+
+
+def test_saturation_equals_scikit_image_hsv():
+    from skimage.color import rgb2hsv
+
+    from wsi_pipeline.tissue import hsv_saturation
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    rgb[:4] = 0  # black: saturation 0, not a division by zero
+    np.testing.assert_allclose(hsv_saturation(rgb), rgb2hsv(rgb)[..., 1], atol=1e-12)

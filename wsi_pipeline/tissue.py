@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.color import rgb2hsv
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
@@ -24,6 +23,13 @@ class TissueMask:
     threshold: float  # saturation threshold that was applied
 
 
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max − min) / max`` of uint8 RGB (0 where max is 0), as float64 in [0, 1]."""
+    high = rgb.max(axis=-1).astype(np.float64)
+    low = rgb.min(axis=-1)
+    return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+
+
 def detect_tissue(
     rgb: np.ndarray,
     mpp: float,
@@ -39,9 +45,10 @@ def detect_tissue(
     ``min_saturation``, so a blank slide stays blank. Objects smaller than ``min_tissue_um2`` are removed and
     holes smaller than ``max_hole_um2`` filled.
     """
-    hsv = rgb2hsv(rgb)
+    saturation = hsv_saturation(rgb)
     sigma_px = sigma_um / mpp
-    saturation = gaussian(hsv[..., 1], sigma=sigma_px) if sigma_px >= 0.5 else hsv[..., 1]
+    if sigma_px >= 0.5:
+        saturation = gaussian(saturation, sigma=sigma_px)
     otsu = threshold_otsu(saturation) if np.ptp(saturation) > 0 else 1.0
     threshold = max(float(otsu), min_saturation)
     mask = saturation > threshold
