@@ -35,13 +35,13 @@ from .heatmap import (
     read_metadata,
     remove_heatmap,
 )
-from .model import read_card, resolve_model_folder
+from .model import ModelCard, read_card, resolve_model_folder
 from .progress import Progress
 from .reports import DEFAULT_REPORTS, ReportOptions, current_summary, ensure_reports
 from .scoring import ModelSource, SlideSource, score_block
 from .slide import Slide
 from .tables import BATCH_TABLE, batch_row, update_batch_table
-from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP, detect_tissue
+from .tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP, TissueMask, detect_tissue
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
 # fixing that threshold turns off glibc's adaptive mmap threshold, and torch's large per-batch buffers then
@@ -176,6 +176,59 @@ def plan_grid(slide: Slide, patch_size: int, target_mpp: float, stride: int | No
     )
 
 
+def model_source(folder: Path, card: ModelCard, device: str) -> ModelSource:
+    """What a worker needs to load the model folder (its weights' hash keys the worker's cache)."""
+    return ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), device)
+
+
+def heatmap_metadata(
+    slide: Slide,
+    sha256: str,
+    card: ModelCard,
+    model: ModelSource,
+    grid: PatchGrid,
+    options: ScoreOptions,
+    started: str,
+) -> dict:
+    """The metadata a heatmap starts with: what was scored, by which model, how (the resume identity)."""
+    return {
+        "slide": {
+            "path": str(slide.path.resolve()),
+            "sha256": sha256,
+            "backend": slide.backend,
+            "mpp": slide.mpp,
+            "mpp_source": "file" if options.mpp is None else "--mpp",
+            "width0": slide.width0,
+            "height0": slide.height0,
+        },
+        "model": {
+            "name": card.name,
+            "folder": model.folder,
+            "weights_sha256": model.weights_sha256,
+            "architecture": card.architecture,
+        },
+        "grid": grid.to_dict(),
+        "tissue_threshold": options.tissue_threshold,
+        "tissue_mpp": options.tissue_mpp,
+        "tissue_min_um2": options.tissue_min_um2,
+        "tissue_max_hole_um2": options.tissue_max_hole_um2,
+        "block_cells": options.block_cells,
+        "package_version": package_version(),
+        "started": started,
+    }
+
+
+def tissue_cells(slide: Slide, grid: PatchGrid, options: ScoreOptions) -> tuple[np.ndarray, TissueMask]:
+    """The grid cells to score (tissue fraction ≥ the threshold) and the tissue mask they come from."""
+    tissue = detect_tissue(
+        slide.thumbnail(options.tissue_mpp),
+        options.tissue_mpp,
+        min_tissue_um2=options.tissue_min_um2,
+        max_hole_um2=options.tissue_max_hole_um2,
+    )
+    return tissue_fraction(grid, tissue) >= options.tissue_threshold, tissue
+
+
 @dataclass
 class SlideJob:
     """A slide of a batch from its planning to its settling; it holds its heatmap's lock until settled."""
@@ -221,9 +274,7 @@ class _Batch:
         self.show_progress, self.reports = show_progress, reports
         self.table, self.raise_errors = table, raise_errors
         self.card = read_card(model_folder)
-        self.model = ModelSource(
-            str(model_folder.resolve()), file_sha256(model_folder / self.card.weights), options.device
-        )
+        self.model = model_source(model_folder, self.card, options.device)
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
         self.paths: Iterator[str | Path] = iter(())  # slides not planned yet
         self.planned: deque[Future[SlideJob]] = deque()  # in slide order
@@ -293,31 +344,7 @@ class _Batch:
         job.source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
         started = datetime.now(timezone.utc).isoformat()
-        metadata = {
-            "slide": {
-                "path": job.source.path,
-                "sha256": file_sha256(job.path),
-                "backend": slide.backend,
-                "mpp": slide.mpp,
-                "mpp_source": "file" if options.mpp is None else "--mpp",
-                "width0": slide.width0,
-                "height0": slide.height0,
-            },
-            "model": {
-                "name": card.name,
-                "folder": self.model.folder,
-                "weights_sha256": self.model.weights_sha256,
-                "architecture": card.architecture,
-            },
-            "grid": grid.to_dict(),
-            "tissue_threshold": options.tissue_threshold,
-            "tissue_mpp": options.tissue_mpp,
-            "tissue_min_um2": options.tissue_min_um2,
-            "tissue_max_hole_um2": options.tissue_max_hole_um2,
-            "block_cells": options.block_cells,
-            "package_version": package_version(),
-            "started": started,
-        }
+        metadata = heatmap_metadata(slide, file_sha256(job.path), card, self.model, grid, options, started)
         existing = None if options.overwrite or not job.heatmap.exists() else read_metadata(job.heatmap)
         if existing is not None:
             differences = parameter_differences(existing, metadata)
@@ -330,13 +357,7 @@ class _Batch:
             if existing.get("complete"):
                 job.notes.insert(0, "complete heatmap exists (--overwrite)")
                 return
-        tissue = detect_tissue(
-            slide.thumbnail(options.tissue_mpp),
-            options.tissue_mpp,
-            min_tissue_um2=options.tissue_min_um2,
-            max_hole_um2=options.tissue_max_hole_um2,
-        )
-        job.cells = tissue_fraction(grid, tissue) >= options.tissue_threshold
+        job.cells, tissue = tissue_cells(slide, grid, options)
         if existing is None:
             if job.heatmap.exists():
                 remove_heatmap(job.heatmap)

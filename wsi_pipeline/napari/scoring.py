@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from ..checksum import file_sha256
-from ..grid import Block, split_blocks, tissue_fraction
+from ..grid import Block, split_blocks
 from ..heatmap import Heatmap, HeatmapWriter, remove_heatmap
 from ..model import read_card, resolve_model_folder
 from ..reports import write_reports
-from ..run import ScoreOptions, heatmap_path, package_version, plan_grid
-from ..scoring import ModelSource, SlideSource, score_block
+from ..run import ScoreOptions, heatmap_metadata, heatmap_path, model_source, plan_grid, tissue_cells
+from ..scoring import SlideSource, score_block
 from ..slide import Slide
-from ..tissue import detect_tissue
 
 
 @dataclass
@@ -52,43 +51,13 @@ def score_in_process(
     started = datetime.now(timezone.utc).isoformat()
     folder = resolve_model_folder(model)
     card = read_card(folder)
-    model_source = ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), options.device)
+    weights = model_source(folder, card, options.device)
     with Slide(slide_path, options.backend, options.mpp) as slide:
         slide_source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
-        thumbnail = slide.thumbnail(options.tissue_mpp)
-        slide_meta = {"backend": slide.backend, "width0": slide.width0, "height0": slide.height0}
-    tissue = detect_tissue(
-        thumbnail,
-        options.tissue_mpp,
-        min_tissue_um2=options.tissue_min_um2,
-        max_hole_um2=options.tissue_max_hole_um2,
-    )
-    cells = tissue_fraction(grid, tissue) >= options.tissue_threshold
-    metadata = {
-        "slide": {
-            "path": slide_source.path,
-            "sha256": file_sha256(slide_path),
-            "mpp": slide_source.mpp,
-            "mpp_source": "file" if options.mpp is None else "--mpp",
-            **slide_meta,
-        },
-        "model": {
-            "name": card.name,
-            "folder": model_source.folder,
-            "weights_sha256": model_source.weights_sha256,
-            "architecture": card.architecture,
-        },
-        "tissue_threshold": options.tissue_threshold,
-        "tissue_mpp": options.tissue_mpp,
-        "tissue_min_um2": options.tissue_min_um2,
-        "tissue_max_hole_um2": options.tissue_max_hole_um2,
-        "tissue_saturation_threshold": tissue.threshold,
-        "block_cells": options.block_cells,
-        "package_version": package_version(),
-        "started": started,
-        "scored_by": "napari",
-    }
+        cells, tissue = tissue_cells(slide, grid, options)
+        metadata = heatmap_metadata(slide, file_sha256(slide_path), card, weights, grid, options, started)
+    metadata.update(tissue_saturation_threshold=tissue.threshold, scored_by="napari")
     out_path = heatmap_path(slide_path, out_dir)
     if out_path.exists():
         remove_heatmap(out_path)
@@ -103,7 +72,7 @@ def score_in_process(
         block_cells = cells[block.cells]
         if block_cells.any():
             _, probabilities, device = score_block(
-                slide_source, model_source, grid, block, block_cells, options.batch_size
+                slide_source, weights, grid, block, block_cells, options.batch_size
             )
             writer.write_block(block, probabilities)
             devices.add(device)
