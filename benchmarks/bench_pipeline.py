@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
@@ -43,8 +43,6 @@ from PIL import Image
 
 from wsi_pipeline import scoring
 from wsi_pipeline import slide as slide_io
-from wsi_pipeline.checksum import file_sha256
-from wsi_pipeline.device import resolve_device
 from wsi_pipeline.heatmap import read_heatmap
 from wsi_pipeline.model import (
     DEFAULT_MODEL,
@@ -60,6 +58,7 @@ from wsi_pipeline.run import (
     ScoreOptions,
     SlideResult,
     dask_client,
+    model_source,
     plan_grid,
     score_slides,
 )
@@ -168,14 +167,11 @@ def _checked(results: list[SlideResult]) -> SlideResult:
     return result
 
 
-def _prepare_worker(source: ModelSource, engine: str, nearest_tolerance: float) -> str:
-    """On a Dask worker: put the model, run by ``engine``, in the per-process cache the scoring tasks use
-    (until ``ModelSource`` names an engine) and set the read path's nearest-neighbour tolerance; return the
-    engine that runs."""
-    model = Model(source.folder, resolve_device(source.device), engine)
-    scoring._models[(source.weights_sha256, source.device)] = model
+def _prepare_worker(source: ModelSource, nearest_tolerance: float) -> str:
+    """On a Dask worker: load the model as the scoring tasks will (into the per-process cache) and set the
+    read path's nearest-neighbour tolerance; return the engine that runs."""
     slide_io.NEAREST_TOLERANCE = nearest_tolerance
-    return model.engine
+    return scoring.worker_model(source).engine
 
 
 @dataclass(frozen=True)
@@ -231,11 +227,10 @@ def pipeline_warm(
                 reports=None,
             )
         )
-        source = ModelSource(
-            str(folder.resolve()), file_sha256(folder / read_card(folder).weights), options.device
-        )
         for index, run in enumerate(todo):
-            engines = set(client.run(_prepare_worker, source, run.engine, run.nearest_tolerance).values())
+            run_options = replace(options, engine=run.engine)
+            source = model_source(folder, read_card(folder), run_options)
+            engines = set(client.run(_prepare_worker, source, run.nearest_tolerance).values())
             client.run(reset_peak_rss)
             workers_cpu = sum(client.run(time.process_time).values())
             load, start = OtherLoad(), time.perf_counter()
@@ -244,7 +239,7 @@ def pipeline_warm(
                     [run.slide],
                     folder,
                     out_dir / str(index),
-                    options,
+                    run_options,
                     client=client,
                     show_progress=False,
                     reports=None,

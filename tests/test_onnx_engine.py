@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from wsi_pipeline import model as model_module
-from wsi_pipeline import onnx_engine
+from wsi_pipeline import onnx_engine, read_heatmap
+from wsi_pipeline.cli import main
 from wsi_pipeline.model import DEFAULT_MODEL, Model, ModelCard, build_module, save_model
+
+from .conftest import make_slide
 
 CPU = torch.device("cpu")
 
@@ -153,3 +156,42 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_dropped(tmp_path, ca
     np.testing.assert_allclose(
         model.predict(patches(4, 32)), Model(folder, CPU, "torch").predict(patches(4, 32))
     )
+
+
+def test_choose_engine_races_with_one_thread_whatever_the_callers_count(tmp_path, cache):
+    folder = tiny_model(tmp_path / "tiny")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chosen = model_module.choose_engine(folder, "auto")
+        assert torch.get_num_threads() == 2  # the caller's count is given back
+    finally:
+        torch.set_num_threads(threads)
+    (choice,) = (cache / "engine").glob("*.json")
+    assert choice.name.endswith("-1t.json")  # measured as a single-threaded Dask worker runs
+    assert chosen == model_module.faster_engine(choice)
+    choice.write_text(json.dumps({"torch": 2.0, "onnxruntime": 1.0}))
+    assert model_module.choose_engine(folder, "auto") == "onnxruntime"
+    assert model_module.choose_engine(folder, "torch") == "torch"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        model_module.choose_engine(folder, "tensorrt")
+
+
+def test_wsi_score_runs_the_chosen_engine_on_every_block_and_resumes_only_with_it(tmp_path, capsys):
+    folder = tiny_model(tmp_path / "tiny")
+    slide = tmp_path / "s.svs"
+    make_slide(slide, 2400, 2000, 0.5, [(900.0, 900.0, 1500.0, 1400.0)])
+    common = [str(slide), "--model", str(folder), "--scheduler", "threads", "--block-cells", "8", "-q"]
+    heatmaps = {}
+    for engine in ("torch", "onnxruntime"):
+        assert main([*common, "-o", str(tmp_path / engine), "--engine", engine, "--no-reports"]) == 0
+        heatmaps[engine] = read_heatmap(tmp_path / engine / "s.zarr")
+        assert heatmaps[engine].metadata["model"]["engine"] == engine
+        assert heatmaps[engine].metadata["engines"] == [engine]
+    scored = heatmaps["torch"].tissue
+    assert scored.sum() > 100
+    onnx, reference = (heatmaps[engine].probabilities[:, scored] for engine in ("onnxruntime", "torch"))
+    np.testing.assert_allclose(onnx, reference, atol=1e-3)
+    # a heatmap is kept or resumed only by the engine that made it
+    assert main([*common, "-o", str(tmp_path / "onnxruntime"), "--engine", "torch"]) == 1
+    assert "CPU engine 'onnxruntime' in the heatmap, 'torch' now" in capsys.readouterr().err

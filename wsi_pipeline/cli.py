@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
-from .model import DEFAULT_MODEL
+from .model import DEFAULT_MODEL, ENGINES
 from .reports import ReportOptions
 from .run import SCHEDULERS_HELP, ScoreOptions, score_slides
 from .slide import BACKENDS, SLIDE_SUFFIXES
@@ -53,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
         "trained on synthetic data: for demonstration and testing, not for diagnosis)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="CPU engine: auto (the faster of torch and ONNX Runtime for this model, measured once and "
+        "cached), torch or onnxruntime; CUDA always runs torch",
+    )
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="slide reader")
     p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
     p.add_argument("--stride", type=int, help="target pixels between patches (default: the patch size)")
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         block_cells=args.block_cells,
         batch_size=args.batch_size,
         device=args.device,
+        engine=args.engine,
         backend=args.backend,
         mpp=args.mpp,
         overwrite=args.overwrite,

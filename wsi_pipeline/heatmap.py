@@ -156,6 +156,7 @@ class HeatmapWriter:
             "grid": grid.to_dict(),
             "class_names": class_names,
             "devices": [],
+            "engines": [],
             "complete": False,
         }
         self._bind(Path(path), root, metadata)
@@ -195,10 +196,13 @@ class HeatmapWriter:
         self.metadata.update(metadata)
         self.root.attrs.update({META_KEY: self.metadata})
 
-    def note_device(self, device: str) -> None:
-        """Record a device that scored blocks (kept across resumed runs)."""
-        if device not in self.metadata["devices"]:
-            self.record(devices=sorted([*self.metadata["devices"], device]))
+    def note_runner(self, device: str, engine: str) -> None:
+        """Record the device and engine that scored blocks (all of them, kept across resumed runs)."""
+        seen = {key: self.metadata.get(key, []) for key in ("devices", "engines")}
+        if device not in seen["devices"] or engine not in seen["engines"]:
+            self.record(
+                devices=sorted({*seen["devices"], device}), engines=sorted({*seen["engines"], engine})
+            )
 
     def _ome_attrs(self, class_names: list[str], n_levels: int) -> dict:
         channels = [

@@ -292,8 +292,9 @@ class Model:
     not, or ONNX Runtime is missing or the export fails, the model warns and runs torch. ``engine`` says which
     runs.
 
-    The default is torch: scoring runs (``wsi-score``) do not choose engines yet, because ``auto``'s choice
-    can differ between processes with different thread counts and results must not depend on the scheduler.
+    The default is torch. Scoring runs choose once, in the client, with ``choose_engine`` and give every
+    worker that choice: ``auto``'s race can differ between processes with different thread counts, and a
+    heatmap must not depend on the scheduler.
 
     Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
     """
@@ -407,6 +408,22 @@ class Model:
         with contextlib.suppress(OSError):
             onnx_engine.write_atomically(choice, json.dumps({**seconds, "patches": TIMING_PATCHES}).encode())
         return min(seconds, key=seconds.get)
+
+
+def choose_engine(folder: str | Path, engine: str = "auto") -> str:
+    """The CPU engine (torch or onnxruntime) a scoring run's workers are to use: ``engine`` unless it is
+    ``auto``, which loads the model on the CPU with one torch thread (as each Dask worker has) and takes the
+    engine it picks (measured once per model and machine, then cached). Runs on CUDA use torch regardless."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if engine != "auto":
+        return engine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Model(folder, torch.device("cpu"), "auto").engine
+    finally:
+        torch.set_num_threads(threads)
 
 
 def faster_engine(choice: Path) -> str | None:

@@ -35,7 +35,7 @@ from .heatmap import (
     read_metadata,
     remove_heatmap,
 )
-from .model import ModelCard, read_card, resolve_model_folder
+from .model import ENGINES, ModelCard, choose_engine, read_card, resolve_model_folder
 from .progress import Progress
 from .reports import DEFAULT_REPORTS, ReportOptions, current_summary, ensure_reports
 from .scoring import ModelSource, SlideSource, score_block
@@ -58,6 +58,7 @@ IDENTITY = {
     ("slide", "sha256"): "slide content (sha256)",
     ("slide", "backend"): "slide reader",
     ("model", "weights_sha256"): "model weights (sha256)",
+    ("model", "engine"): "CPU engine",
     **{("grid", f.name): f"grid {f.name}" for f in fields(PatchGrid)},
     ("tissue_threshold",): "tissue threshold",
     ("tissue_mpp",): "tissue µm/px",
@@ -79,6 +80,7 @@ class ScoreOptions:
     block_cells: int = 32  # block side in grid cells
     batch_size: int = 256
     device: str = "auto"
+    engine: str = "auto"  # CPU engine: auto (the faster, measured once per model and machine) or a name
     backend: str = "auto"
     mpp: float | None = None  # overrides the slide's µm/px
     overwrite: bool = False  # score afresh over an existing heatmap (complete, partial, or other parameters)
@@ -94,6 +96,8 @@ class ScoreOptions:
             raise ValueError("mpp must be positive")
         if self.tissue_mpp <= 0 or self.tissue_min_um2 < 0 or self.tissue_max_hole_um2 < 0:
             raise ValueError("tissue µm/px must be positive and tissue areas not negative")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
 
 
 @dataclass
@@ -176,9 +180,10 @@ def plan_grid(slide: Slide, patch_size: int, target_mpp: float, stride: int | No
     )
 
 
-def model_source(folder: Path, card: ModelCard, device: str) -> ModelSource:
-    """What a worker needs to load the model folder (its weights' hash keys the worker's cache)."""
-    return ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), device)
+def model_source(folder: Path, card: ModelCard, options: ScoreOptions) -> ModelSource:
+    """What a worker needs to load the model folder, with the CPU engine chosen here once for all workers."""
+    engine = choose_engine(folder, options.engine)
+    return ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), options.device, engine)
 
 
 def heatmap_metadata(
@@ -206,6 +211,7 @@ def heatmap_metadata(
             "folder": model.folder,
             "weights_sha256": model.weights_sha256,
             "architecture": card.architecture,
+            "engine": model.engine,
         },
         "grid": grid.to_dict(),
         "tissue_threshold": options.tissue_threshold,
@@ -274,7 +280,7 @@ class _Batch:
         self.show_progress, self.reports = show_progress, reports
         self.table, self.raise_errors = table, raise_errors
         self.card = read_card(model_folder)
-        self.model = model_source(model_folder, self.card, options.device)
+        self.model = model_source(model_folder, self.card, options)
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
         self.paths: Iterator[str | Path] = iter(())  # slides not planned yet
         self.planned: deque[Future[SlideJob]] = deque()  # in slide order
@@ -404,9 +410,9 @@ class _Batch:
         if job is None:  # cancelled with its slide
             return
         try:
-            _, probabilities, device = future.result()
+            _, probabilities, device, engine = future.result()
             job.writer.write_block(block, probabilities)
-            job.writer.note_device(device)
+            job.writer.note_runner(device, engine)
         except Exception as error:
             self._fail(job, error)
             return

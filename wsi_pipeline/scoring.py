@@ -19,7 +19,7 @@ from .slide import Slide
 
 _OPEN_SLIDES_MAX = 8
 _open_slides: OrderedDict[tuple, Slide] = OrderedDict()
-_models: dict[tuple[str, str], Model] = {}
+_models: dict[tuple[str, str, str], Model] = {}
 _models_lock = threading.Lock()  # a worker with several threads loads each model once
 
 
@@ -34,11 +34,13 @@ class SlideSource:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker loads the model; the weights' hash keys the per-process cache."""
+    """How a worker loads the model; the weights' hash, device and engine key the per-process cache. The
+    engine (torch or onnxruntime, see ``model.choose_engine``) applies to CPU workers; CUDA runs torch."""
 
     folder: str
     weights_sha256: str
     device: str = "auto"
+    engine: str = "torch"
 
 
 def worker_slide(source: SlideSource) -> Slide:
@@ -55,10 +57,11 @@ def worker_slide(source: SlideSource) -> Slide:
 
 def worker_model(source: ModelSource) -> Model:
     """This process's copy of the model on its device, loaded on first use."""
-    key = (source.weights_sha256, source.device)
+    key = (source.weights_sha256, source.device, source.engine)
     with _models_lock:
         if key not in _models:
-            model = Model(source.folder, resolve_device(source.device))
+            device = resolve_device(source.device)
+            model = Model(source.folder, device, source.engine if device.type == "cpu" else "torch")
             if model.weights_sha256 != source.weights_sha256:
                 raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
             _models[key] = model
@@ -72,11 +75,12 @@ def score_block(
     block: Block,
     cells: np.ndarray,
     batch_size: int,
-) -> tuple[Block, np.ndarray, str]:
-    """Probabilities (classes, n_rows, n_cols) of a block's tissue cells (NaN elsewhere), and the device."""
+) -> tuple[Block, np.ndarray, str, str]:
+    """Probabilities (classes, n_rows, n_cols) of a block's tissue cells (NaN elsewhere), and the device and
+    engine that scored them."""
     loaded = worker_model(model)
     patches = read_block_patches(worker_slide(slide), grid, block, cells)
     scores = loaded.predict(patches, batch_size)
     out = np.full((len(loaded.card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
     out[:, cells] = scores.T
-    return block, out, str(loaded.device)
+    return block, out, str(loaded.device), loaded.engine

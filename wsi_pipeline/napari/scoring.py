@@ -51,7 +51,7 @@ def score_in_process(
     started = datetime.now(timezone.utc).isoformat()
     folder = resolve_model_folder(model)
     card = read_card(folder)
-    weights = model_source(folder, card, options.device)
+    weights = model_source(folder, card, options)
     with Slide(slide_path, options.backend, options.mpp) as slide:
         slide_source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
@@ -71,7 +71,7 @@ def score_in_process(
     for block in split_blocks(grid.shape, options.block_cells):
         block_cells = cells[block.cells]
         if block_cells.any():
-            _, probabilities, device = score_block(
+            _, probabilities, device, _engine = score_block(
                 slide_source, weights, grid, block, block_cells, options.batch_size
             )
             writer.write_block(block, probabilities)
