@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -182,26 +183,53 @@ def test_widget_scores_the_open_slide_and_canvas_shows_it(
     assert (pixel(HEIGHT0 * 0.05 * MPP0, WIDTH0 * 0.05 * MPP0) > 240).all()  # background: no heatmap
 
 
-def test_cancel_stops_after_a_block_and_leaves_an_incomplete_store(
-    make_napari_viewer, qtbot, slide_path, probe_model, tmp_path
+def test_cancel_leaves_a_heatmap_that_wsi_score_resumes_to_the_uninterrupted_result(
+    make_napari_viewer, qtbot, slide_path, probe_model, tmp_path, monkeypatch
 ):
-    from qtpy.QtCore import Qt
+    from wsi_pipeline.cli import main
+    from wsi_pipeline.heatmap import DONE_ARRAY, HeatmapWriter
+    from wsi_pipeline.run import BlockWritten
 
-    from wsi_pipeline.napari.scoring import BlockScored
+    written_blocks, write_block = [], HeatmapWriter.write_block
 
+    def slow_write_block(self, block, probabilities):  # a slide that takes a while, so Cancel comes mid-run
+        write_block(self, block, probabilities)
+        written_blocks.append(block)
+        time.sleep(0.1)
+
+    monkeypatch.setattr(HeatmapWriter, "write_block", slow_write_block)
     viewer = make_napari_viewer()
     viewer.open(str(slide_path), plugin=PLUGIN)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Score slide")
-    run_score(widget, qtbot, probe_model, tmp_path, block_cells=4)
-    worker = widget.worker
-    # quit in the worker's thread on the first block, as a Cancel click would between two blocks
-    worker.yielded.connect(
-        lambda event: isinstance(event, BlockScored) and worker.quit(), Qt.ConnectionType.DirectConnection
-    )
+    run_score(widget, qtbot, probe_model, tmp_path / "out", block_cells=2)
+    widget.worker.yielded.connect(lambda event: isinstance(event, BlockWritten) and widget.cancel())
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.status.text().startswith("Cancelled"), widget.status.text()
-    heatmap = read_heatmap(tmp_path / "node.zarr")
-    assert not heatmap.complete
-    written = np.isfinite(heatmap.probabilities[1])
-    assert 0 < written.sum() < heatmap.tissue.sum()
-    assert written[4:].sum() == 0 and written[:, 4:].sum() == 0  # only the first tissue block
+    store = tmp_path / "out" / "node.zarr"
+    cancelled = read_heatmap(store)
+    assert not cancelled.complete and not (tmp_path / "out" / "node.zarr.lock").exists()
+    # the store holds exactly the blocks written, each whole and marked done
+    assert 0 < len(written_blocks) < int(zarr.open_group(store)[DONE_ARRAY].size)
+    assert int(zarr.open_group(store)[DONE_ARRAY][...].sum()) == len(written_blocks)
+    expected = np.zeros_like(cancelled.tissue)
+    for block in written_blocks:
+        expected[block.cells] = cancelled.tissue[block.cells]
+    np.testing.assert_array_equal(np.isfinite(cancelled.probabilities[1]), expected)
+    shown = widget.heatmap_layer().data  # the layer holds what the store holds
+    np.testing.assert_array_equal(shown, cancelled.probabilities[1])
+
+    # wsi-score with the widget's settings resumes it and ends where an uninterrupted run ends
+    monkeypatch.undo()
+    common = [str(slide_path), "--model", str(probe_model), "--scheduler", "threads", "--block-cells", "2"]
+    assert main([*common, "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert main([*common, "-o", str(tmp_path / "fresh"), "-q"]) == 0
+    resumed, fresh = read_heatmap(store), read_heatmap(tmp_path / "fresh" / "node.zarr")
+    assert resumed.complete and len(resumed.metadata["resumed"]) == 1
+    np.testing.assert_array_equal(resumed.probabilities, fresh.probabilities)
+
+    # Score on a complete heatmap keeps it and shows it
+    widget.score_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.status.text().startswith("Already scored"), widget.status.text()
+    np.testing.assert_array_equal(widget.heatmap_layer().data, fresh.probabilities[1])
+    assert len([layer for layer in viewer.layers if layer.name.startswith("node regions")]) == 1

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -105,12 +106,36 @@ class SlideResult:
     """What happened to one slide of a batch."""
 
     slide: Path
-    status: str  # "ok", "skipped" or "failed"
+    status: str  # "ok", "skipped", "failed" or "cancelled"
     heatmap: Path | None = None
     message: str = ""
     patches: int = 0
     seconds: float = 0.0
     summary: dict | None = None  # the slide's summary record (reports.py), when there is one
+
+
+@dataclass(frozen=True)
+class SlidePlanned:
+    """Event: a slide's heatmap is open (new, or partial and resumed) and its blocks are to be scored."""
+
+    slide: Path
+    heatmap: Path
+    patches: int  # patches this run scores
+    blocks_kept: int  # blocks an earlier run wrote
+
+
+@dataclass(frozen=True)
+class BlockWritten:
+    """Event: a block's probabilities ``(classes, n_rows, n_cols)`` are in the heatmap store (and marked)."""
+
+    slide: Path
+    heatmap: Path
+    block: Block
+    probabilities: np.ndarray
+    patches: int
+
+
+ScoringEvent = SlidePlanned | BlockWritten
 
 
 def package_version() -> str:
@@ -275,10 +300,13 @@ class _Batch:
         reports: ReportOptions | None,
         table: bool = True,
         raise_errors: bool = False,
+        on_event: Callable[[ScoringEvent], object] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.client, self.out_dir, self.options = client, Path(out_dir), options
         self.show_progress, self.reports = show_progress, reports
         self.table, self.raise_errors = table, raise_errors
+        self.on_event, self.stop = on_event or (lambda event: None), stop or threading.Event()
         self.card = read_card(model_folder)
         self.model = model_source(model_folder, self.card, options)
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
@@ -291,11 +319,13 @@ class _Batch:
         self.in_flight = as_completed()
 
     def run(self, slide_paths: Sequence[str | Path]) -> list[SlideResult]:
-        """Score the slides; their results in slide order. An interrupt leaves every heatmap resumable."""
+        """Score the slides; their results in slide order. An interrupt, or ``stop`` being set, leaves every
+        heatmap resumable; slides not finished when ``stop`` is set are "cancelled"."""
+        slide_paths = list(slide_paths)
         self.paths, results = iter(slide_paths), []
         try:
             self._plan_ahead()
-            while self.planned or self.active:
+            while (self.planned or self.active) and not self.stop.is_set():
                 self._fill()
                 if not self.in_flight.is_empty():
                     self._land(next(self.in_flight))
@@ -303,7 +333,11 @@ class _Batch:
                     results.append(self._settle(self.active.popleft()))
         finally:
             self._abandon()
-        return results
+        return results + [self._cancelled(Path(path)) for path in slide_paths[len(results) :]]
+
+    def _cancelled(self, path: Path) -> SlideResult:
+        message = "cancelled; the blocks written are kept and the next run with the same parameters resumes"
+        return SlideResult(path, "cancelled", heatmap_path(path, self.out_dir), message)
 
     def _plan_ahead(self) -> None:
         while len(self.planned) < PLANNED_AHEAD and (path := next(self.paths, None)) is not None:
@@ -386,8 +420,11 @@ class _Batch:
             job.notes.append(f"resumed: {len(blocks) - len(job.todo)} of {len(blocks)} blocks were written")
 
     def _take_up(self, job: SlideJob) -> SlideJob:
-        if job.writer is not None and self.show_progress:
-            job.progress = Progress(job.patches, job.path.name)
+        if job.writer is not None:
+            if self.show_progress:
+                job.progress = Progress(job.patches, job.path.name)
+            kept = int(job.writer.done[...].sum())
+            self.on_event(SlidePlanned(job.path, job.heatmap, job.patches, kept))
         return job
 
     def _submit(self, job: SlideJob, block: Block) -> None:
@@ -419,8 +456,10 @@ class _Batch:
         finally:
             future.release()
         job.unwritten -= 1
+        patches = int(job.cells[block.cells].sum())
         if job.progress is not None:
-            job.progress.update(int(job.cells[block.cells].sum()))
+            job.progress.update(patches)
+        self.on_event(BlockWritten(job.path, job.heatmap, block, probabilities, patches))
 
     def _fail(self, job: SlideJob, error: Exception) -> None:
         job.error = error
@@ -505,13 +544,21 @@ def score_slide(
     client,
     options: ScoreOptions = ScoreOptions(),
     show_progress: bool = True,
+    reports: ReportOptions | None = None,
+    on_event: Callable[[ScoringEvent], object] | None = None,
+    stop: threading.Event | None = None,
 ) -> SlideResult:
     """Score one slide into ``out_dir/<stem>.zarr`` with a model folder (or bundled model name) on the cluster
-    behind ``client``; no reports or batch-table row, and a failure is raised."""
+    behind ``client``, resuming or keeping a heatmap as ``score_slides`` does; no batch-table row, and a
+    failure is raised. ``on_event`` is called (in this thread) with a ``SlidePlanned`` and then a
+    ``BlockWritten`` per block; setting ``stop`` ends the run after the block being written, "cancelled" and
+    resumable. Reports are written when ``reports`` is given."""
     options.validate()
     model_folder = resolve_model_folder(model_folder)
+    if reports is not None:
+        reports.validate()
     batch = _Batch(
-        client, model_folder, out_dir, options, show_progress, None, table=False, raise_errors=True
+        client, model_folder, out_dir, options, show_progress, reports, False, True, on_event, stop
     )
     (result,) = batch.run([slide_path])
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import napari
@@ -11,6 +12,7 @@ from napari.layers import Image, Layer, Shapes
 from napari.qt.threading import GeneratorWorker, thread_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -26,15 +28,13 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ..heatmap import Heatmap
+from ..heatmap import Heatmap, read_heatmap
 from ..model import DEFAULT_MODEL, bundled_models_dir
 from ..regions import find_regions, size_category
 from ..reports import DEFAULT_REPORTS
-from ..run import ScoreOptions
+from ..run import BlockWritten, ScoreOptions, SlidePlanned, SlideResult
 from .layers import HEATMAP_KEY, SLIDE_KEY, THRESHOLD_KEY, heatmap_layers, heatmap_name, update_regions
-from .scoring import BlockScored, ScoringStarted, score_in_process
-
-DEFAULT_BLOCK_CELLS = 16  # smaller than wsi-score's 32, so the heatmap fills in more often
+from .scoring import score_events
 
 
 def bundled_model_names() -> list[str]:
@@ -60,6 +60,7 @@ class ScoreWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.worker: GeneratorWorker | None = None
+        self.stop = threading.Event()  # set by Cancel
         self.out_path: Path | None = None
         self.live_layer: Image | None = None  # the probability layer of the run in progress
 
@@ -79,7 +80,8 @@ class ScoreWidget(QWidget):
         self.tissue_box.setValue(ScoreOptions.tissue_threshold)
         self.block_box = QSpinBox()
         self.block_box.setRange(1, 256)
-        self.block_box.setValue(DEFAULT_BLOCK_CELLS)
+        self.block_box.setValue(ScoreOptions.block_cells)
+        self.afresh_box = QCheckBox("Score afresh (replace an existing heatmap)")
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("results/ beside the slide")
         self.score_button = QPushButton("Score")
@@ -103,6 +105,7 @@ class ScoreWidget(QWidget):
         form.addRow("Tissue fraction ≥", self.tissue_box)
         form.addRow("Block (cells)", self.block_box)
         form.addRow("Output folder", _with_browse(self.out_edit, self._browse_out))
+        form.addRow(self.afresh_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.score_button)
         buttons.addWidget(self.cancel_button)
@@ -152,6 +155,7 @@ class ScoreWidget(QWidget):
             tissue_threshold=self.tissue_box.value(),
             block_cells=self.block_box.value(),
             device=self.device_box.currentText(),
+            overwrite=self.afresh_box.isChecked(),
         )
 
     def score(self) -> None:
@@ -164,34 +168,41 @@ class ScoreWidget(QWidget):
         self.score_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("Finding tissue and loading the model…")
+        self.stop = threading.Event()
         self.worker = thread_worker(
-            score_in_process,
+            score_events,
             connect={
                 "yielded": self._on_progress,
                 "returned": self._on_returned,
-                "aborted": self._on_aborted,
                 "errored": self._on_errored,
                 "finished": self._on_finished,
             },
-        )(slide_path, self.model_box.currentText(), out_dir, self.options())
+        )(slide_path, self.model_box.currentText(), out_dir, self.options(), self.stop)
 
     def cancel(self) -> None:
-        """Stop after the block being scored; the blocks written so far stay in the (incomplete) store."""
+        """Stop after the block being written; the heatmap keeps the blocks written so far, and scoring the
+        slide again with the same settings (here or with ``wsi-score``) resumes it."""
         if self.worker is not None:
-            self.worker.quit()
+            self.stop.set()
             self.status.setText("Stopping after the current block…")
 
-    def _on_progress(self, event: ScoringStarted | BlockScored) -> None:
-        if isinstance(event, ScoringStarted):
-            self.out_path = event.path
+    def _show_heatmap(self, path: Path) -> Image:
+        """The heatmap store's layers (replacing those of an earlier run on it); its probability layer."""
+        data = heatmap_layers(read_heatmap(path), self.threshold_slider.value(), heatmap_name(path))
+        names = {meta["name"] for _, meta, _ in data}
+        for layer in [layer for layer in self.viewer.layers if layer.name in names]:
+            self.viewer.layers.remove(layer)
+        layers = [self.viewer.add_layer(Layer.create(*layer_data)) for layer_data in data]
+        return next(layer for layer in layers if isinstance(layer, Image))
+
+    def _on_progress(self, event: SlidePlanned | BlockWritten) -> None:
+        if isinstance(event, SlidePlanned):
+            self.out_path = event.heatmap
             self.progress.setRange(0, max(event.patches, 1))
             self.progress.setValue(0)
-            threshold, name = self.threshold_slider.value(), heatmap_name(event.path)
-            layers = [Layer.create(*data) for data in heatmap_layers(event.heatmap, threshold, name)]
-            for layer in layers:
-                self.viewer.add_layer(layer)
-            self.live_layer = next(layer for layer in layers if isinstance(layer, Image))
-            self.status.setText(f"Scoring {event.patches} patches into {event.path}")
+            self.live_layer = self._show_heatmap(event.heatmap)
+            resumed = f", resuming after {event.blocks_kept} blocks" if event.blocks_kept else ""
+            self.status.setText(f"Scoring {event.patches} patches into {event.heatmap}{resumed}")
             return
         heatmap = self.live_layer.metadata[HEATMAP_KEY]
         heatmap.probabilities[(slice(None), *event.block.cells)] = event.probabilities
@@ -199,13 +210,21 @@ class ScoreWidget(QWidget):
         self.progress.setValue(self.progress.value() + event.patches)
         self.update_regions()
 
-    def _on_returned(self, out_path: Path) -> None:
-        self.status.setText(f"Done: {out_path} (summary, GeoJSON and overlay beside it)")
-
-    def _on_aborted(self) -> None:
-        done, total = self.progress.value(), self.progress.maximum()
-        where = f" in {self.out_path}" if self.out_path else ""
-        self.status.setText(f"Cancelled: {done} of {total} patches kept{where} (marked incomplete).")
+    def _on_returned(self, result: SlideResult) -> None:
+        if result.status == "ok":
+            self.status.setText(f"Done: {result.heatmap} (summary, GeoJSON and overlay beside it)")
+        elif result.status == "skipped":
+            self._show_heatmap(result.heatmap)
+            self.update_regions()
+            self.status.setText(
+                f"Already scored with these settings: {result.heatmap} (shown; tick "
+                "'Score afresh' to score it again)"
+            )
+        else:
+            done, total = self.progress.value(), self.progress.maximum()
+            self.status.setText(
+                f"Cancelled: {done} of {total} patches written to {result.heatmap}; Score resumes it."
+            )
 
     def _on_errored(self, error: Exception) -> None:
         self.status.setText(f"Failed: {error}")
