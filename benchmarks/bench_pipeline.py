@@ -432,7 +432,9 @@ def bench_model(
         grid = plan_grid(opened, card.patch_size, card.mpp, None)
         level = opened.best_level(grid.ds)
         level_ds = opened.level_downsamples[level]
-    kind = "trivial linear probe: I/O dominates" if name == "probe" else "UNTRAINED weights: speed only"
+    kind = {"probe": "trivial linear probe: I/O dominates", "default": "the bundled default model"}.get(
+        name, "UNTRAINED weights: speed only"
+    )
     print(f"\n== model {name}: {card.name} ({card.architecture}; {kind})", flush=True)
     rows, cols = grid.shape
     show(
@@ -480,7 +482,7 @@ def bench_model(
         show(
             "CPU of other processes, cores",
             f"warm {warm.other_cores:.2f}, in-memory {engines[engine].other_cores:.2f}, "
-            f"{single.other_cores:.2f} (well above 0: the machine was busy)",
+            f"{single.other_cores:.2f} (near 0: the machine was idle)",
         )
     if len(engines) == 2:
         show(

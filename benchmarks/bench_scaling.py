@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{high.seconds - per_patch * high.result.patches:.2f} s + {per_patch * 1000:.2f} ms x patches "
             "(fixed: tissue detection, hashing, heatmap; from the two tissue fractions)",
         )
-        show("CPU of other processes, cores", f"{load.cores():.2f} (well above 0: the machine was busy)")
+        show("CPU of other processes, cores", f"{load.cores():.2f} (near 0: the machine was idle)")
     finally:
         shutil.rmtree(workdir)
 

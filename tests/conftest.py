@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wsi_pipeline import ModelCard, build_module, dask_client, save_model
+from wsi_pipeline.model import Model
 from wsi_pipeline.onnx_engine import CACHE_ENV
 from wsi_pipeline.synthetic import Rect, RectScene, write_slide
 
@@ -62,3 +63,15 @@ def make_slide(path: Path, width0: int, height0: int, mpp: float | None, dark_re
     scene = marker_scene(width0, height0, dark_rects)
     write_slide(path, scene, width0, height0, mpp, downsamples=downsamples)
     return scene
+
+
+def count_patches(monkeypatch) -> list[int]:
+    """Patches given to the model (the in-process workers share this module)."""
+    scored, original = [], Model.predict
+
+    def counting_predict(self, patches, *args, **kwargs):
+        scored.append(len(patches))
+        return original(self, patches, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "predict", counting_predict)
+    return scored

@@ -14,7 +14,7 @@ from PIL import Image
 
 from wsi_pipeline import Block, PatchGrid, ScoreOptions, score_slide
 from wsi_pipeline.datasets import open_patch_dataset, write_class_folders, write_pcam_split
-from wsi_pipeline.evaluate import evaluate_patches, patch_metrics, predict_tta
+from wsi_pipeline.evaluate import evaluate_patches, patch_metrics
 from wsi_pipeline.evaluate_cli import main
 from wsi_pipeline.heatmap import HeatmapWriter
 from wsi_pipeline.model import Model, ModelCard, build_module, read_card, save_model
@@ -107,7 +107,7 @@ def test_tta_is_the_mean_over_the_eight_flips_and_rotations(tmp_path, capsys, mo
     views += [view[:, :, ::-1] for view in views]  # and each mirrored
     each = np.stack([model.predict(np.ascontiguousarray(view)) for view in views])
     assert np.abs(each - each[0]).max() > 1e-3  # the model is not invariant: averaging matters
-    np.testing.assert_allclose(predict_tta(model.predict, patches), each.mean(0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.predict(patches, tta=True), each.mean(0), rtol=0, atol=1e-6)
 
     with open_patch_dataset(pcam, split="test") as data:
         metrics = evaluate_patches(model, data, batch_size=16, tta=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_pipeline import Model, ScoreOptions, read_heatmap, score_slide
+from wsi_pipeline import ScoreOptions, read_heatmap, score_slide
 from wsi_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 
-from .conftest import DARK, PINK, make_slide
+from .conftest import DARK, PINK, count_patches, make_slide
 
 # Dark rectangles in target pixels (x0, y0, x1, y1) at 0.972 µm/px; deliberately not aligned to cells.
 DARK_TARGET = [(250.0, 300.0, 530.0, 585.0), (805.0, 655.0, 1010.0, 905.0)]
@@ -104,14 +104,7 @@ def test_openslide_and_tiffslide_give_the_same_heatmap(tmp_path, probe_model, cl
 
 def test_background_cells_are_never_given_to_the_model(tmp_path, probe_model, client, monkeypatch):
     make_slide(tmp_path / "s.svs", 2600, 2200, 0.5, [])
-    scored = []
-    original = Model.predict
-
-    def counting_predict(self, patches, batch_size=256):
-        scored.append(len(patches))
-        return original(self, patches, batch_size)
-
-    monkeypatch.setattr(Model, "predict", counting_predict)  # the in-process workers share this module
+    scored = count_patches(monkeypatch)
     options = ScoreOptions(block_cells=4)
     result = score_slide(tmp_path / "s.svs", probe_model, tmp_path / "out", client, options, False)
     heatmap = read_heatmap(result.heatmap)

@@ -17,9 +17,8 @@ import zarr
 from wsi_pipeline import ScoreOptions, read_heatmap, score_slides
 from wsi_pipeline.cli import main
 from wsi_pipeline.heatmap import DONE_ARRAY, FileLock, HeatmapWriter, LockedError, lock_path
-from wsi_pipeline.model import Model
 
-from .conftest import make_slide
+from .conftest import count_patches, make_slide
 
 OPTIONS = ScoreOptions(block_cells=2)
 INTERRUPT_AFTER = 5  # blocks
@@ -53,18 +52,6 @@ def interrupt(monkeypatch, after: int) -> list:
 
     monkeypatch.setattr(HeatmapWriter, "write_block", write_then_interrupt)
     return written
-
-
-def count_patches(monkeypatch) -> list[int]:
-    """Patches given to the model (the in-process workers share this module)."""
-    scored, original = [], Model.predict
-
-    def counting_predict(self, patches, batch_size=256):
-        scored.append(len(patches))
-        return original(self, patches, batch_size)
-
-    monkeypatch.setattr(Model, "predict", counting_predict)
-    return scored
 
 
 def blocks_done(store: Path) -> int:

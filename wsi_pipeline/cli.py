@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-max-hole-um2", type=float, default=MAX_HOLE_UM2, help="fill smaller holes")
     p.add_argument("--block-cells", type=int, default=32, help="grid cells per block side (one read each)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--tta", action="store_true", help="average each patch's 8 flips/rotations (8× the model's work)"
+    )
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
     p.add_argument(
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         tissue_max_hole_um2=args.tissue_max_hole_um2,
         block_cells=args.block_cells,
         batch_size=args.batch_size,
+        tta=args.tta,
         device=args.device,
         engine=args.engine,
         backend=args.backend,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
-from .augment import dihedral
 from .datasets import PatchDataset
 from .metrics import accuracy, balanced_accuracy, confusion_matrix, roc_auc, sensitivity, specificity
 from .model import Model
@@ -31,12 +29,6 @@ def read_batches(dataset: PatchDataset, batches: list[np.ndarray]) -> Iterator[t
             if next_batch is not None:
                 pending.append(reader.submit(dataset.read_batch, next_batch))
             yield result
-
-
-def predict_tta(predict: Callable[[np.ndarray], np.ndarray], patches: np.ndarray) -> np.ndarray:
-    """Mean of ``predict`` over the 8 flips/rotations of each patch (N, H, W, 3)."""
-    nhwc = torch.from_numpy(np.ascontiguousarray(patches))
-    return np.mean([predict(dihedral(nhwc, k, dims=(1, 2)).numpy()) for k in range(8)], axis=0)
 
 
 def _defined(value: float) -> float | None:
@@ -81,7 +73,7 @@ def evaluate_patches(
     probs, labels = [], []
     progress = Progress(len(dataset), "evaluating") if show_progress else None
     for patches, batch_labels in read_batches(dataset, index_batches(np.arange(len(dataset)), batch_size)):
-        probs.append(predict_tta(model.predict, patches) if tta else model.predict(patches))
+        probs.append(model.predict(patches, tta=tta))
         labels.append(batch_labels)
         if progress is not None:
             progress.update(len(patches))

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import onnx_engine
+from .augment import dihedral
 from .checksum import file_sha256
 from .cnn import CompactCNN
 from .device import inference_context
@@ -318,18 +319,25 @@ class Model:
         if device.type == "cpu" and engine != "torch":
             self._try_onnxruntime(measure=engine == "auto")
 
-    def predict(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, patches: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3), resized (bilinear,
-        antialiased) to the card's ``input_size`` when that differs from H × W."""
+        antialiased) to the card's ``input_size`` when that differs from H × W; with ``tta``, the mean over
+        the 8 flips and rotations of each patch (8× the compute)."""
         out = np.empty((len(patches), len(self.card.class_names)), np.float32)
+        views = range(8) if tta else (0,)
         for start in range(0, len(patches), batch_size):
             batch = patches[start : start + batch_size]
-            logits = self._logits(self._inputs(batch))
-            if logits.shape[1:] != (self.card.n_outputs,):
-                problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
-                raise InputError(self.weights_path, problem)
-            out[start : start + len(batch)] = probabilities(logits, self.card.output).cpu().numpy()
+            x = self._inputs(batch)
+            probs = sum(self._probabilities(dihedral(x, k)) for k in views) / len(views)
+            out[start : start + len(batch)] = probs.cpu().numpy()
         return out
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(x)
+        if logits.shape[1:] != (self.card.n_outputs,):
+            problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
+            raise InputError(self.weights_path, problem)
+        return probabilities(logits, self.card.output)
 
     @property
     def input_side(self) -> int:

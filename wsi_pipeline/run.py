@@ -66,7 +66,10 @@ IDENTITY = {
     ("tissue_min_um2",): "tissue min. area",
     ("tissue_max_hole_um2",): "tissue max. hole area",
     ("block_cells",): "block cells",
+    ("tta",): "test-time augmentation",
 }
+# Values of identity entries in heatmaps made before the entry was recorded (all ran torch, without TTA).
+IDENTITY_BEFORE_RECORDED = {("model", "engine"): "torch", ("tta",): False}
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class ScoreOptions:
     tissue_max_hole_um2: float = MAX_HOLE_UM2  # holes in tissue smaller than this are filled
     block_cells: int = 32  # block side in grid cells
     batch_size: int = 256
+    tta: bool = False  # mean over the 8 flips/rotations of each patch (8× the model's work)
     device: str = "auto"
     engine: str = "auto"  # CPU engine: auto (the faster, measured once per model and machine) or a name
     backend: str = "auto"
@@ -181,7 +185,9 @@ def parameter_differences(old: dict, new: dict) -> list[str]:
 
     def look_up(metadata: dict, keys: tuple[str, ...]) -> object:
         for key in keys:
-            metadata = metadata.get(key) if isinstance(metadata, dict) else None
+            if not isinstance(metadata, dict) or key not in metadata:
+                return IDENTITY_BEFORE_RECORDED.get(keys)
+            metadata = metadata[key]
         return metadata
 
     def shown(value: object) -> str:
@@ -244,6 +250,7 @@ def heatmap_metadata(
         "tissue_min_um2": options.tissue_min_um2,
         "tissue_max_hole_um2": options.tissue_max_hole_um2,
         "block_cells": options.block_cells,
+        "tta": options.tta,
         "package_version": package_version(),
         "started": started,
     }
@@ -436,6 +443,7 @@ class _Batch:
             block,
             job.cells[block.cells],
             self.options.batch_size,
+            self.options.tta,
             pure=False,
         )
         self.owners[future] = (job, block)

@@ -75,12 +75,13 @@ def score_block(
     block: Block,
     cells: np.ndarray,
     batch_size: int,
+    tta: bool = False,
 ) -> tuple[Block, np.ndarray, str, str]:
     """Probabilities (classes, n_rows, n_cols) of a block's tissue cells (NaN elsewhere), and the device and
     engine that scored them."""
     loaded = worker_model(model)
     patches = read_block_patches(worker_slide(slide), grid, block, cells)
-    scores = loaded.predict(patches, batch_size)
+    scores = loaded.predict(patches, batch_size, tta)
     out = np.full((len(loaded.card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
     out[:, cells] = scores.T
     return block, out, str(loaded.device), loaded.engine
