@@ -395,6 +395,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slide-cache", type=Path, help="folder keeping the synthetic slides between runs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Dask workers = engine processes")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--block-cells", type=int, default=ScoreOptions.block_cells, help="cells per block side")
     p.add_argument("--engine-cap", type=int, default=20_000, help="most in-memory patches (default 20000)")
     p.add_argument(
         "--min-seconds", type=float, default=2.0, help="repeat in-memory passes for at least this long"
@@ -427,7 +428,7 @@ def bench_model(
     workers' settings."""
     folder = model_folder(name, workdir)
     card = read_card(folder)
-    options = ScoreOptions(device="cpu", batch_size=args.batch_size)
+    options = ScoreOptions(device="cpu", batch_size=args.batch_size, block_cells=args.block_cells)
     with Slide(slide) as opened:
         grid = plan_grid(opened, card.patch_size, card.mpp, None)
         level = opened.best_level(grid.ds)

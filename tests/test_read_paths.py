@@ -15,7 +15,7 @@ from wsi_pipeline.slide import NEAREST_TOLERANCE, Slide, resample_nearest
 from .conftest import CMU_SLIDE, make_slide
 
 
-@pytest.mark.parametrize("scale", [0.95, 0.972, 1.0, 1.03, 1.05])
+@pytest.mark.parametrize("scale", [0.5, 0.95, 0.972, 1.0, 1.03, 1.05, 1.2])
 def test_nearest_is_pils_nearest_resize_with_a_box(scale):
     region = np.random.default_rng(0).integers(0, 256, (260, 250, 3), dtype=np.uint8)
     width, height = 200, 190

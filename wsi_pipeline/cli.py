@@ -66,7 +66,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-threshold", type=float, default=0.5, help="min tissue fraction to score a patch")
     p.add_argument("--tissue-min-um2", type=float, default=MIN_TISSUE_UM2, help="drop smaller tissue specks")
     p.add_argument("--tissue-max-hole-um2", type=float, default=MAX_HOLE_UM2, help="fill smaller holes")
-    p.add_argument("--block-cells", type=int, default=32, help="grid cells per block side (one read each)")
+    p.add_argument(
+        "--block-cells",
+        type=int,
+        default=ScoreOptions.block_cells,
+        help=f"grid cells per block side: one read and one task each (default {ScoreOptions.block_cells})",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--tta", action="store_true", help="average each patch's 8 flips/rotations (8× the model's work)"

@@ -81,7 +81,7 @@ class ScoreOptions:
     tissue_mpp: float = TISSUE_MPP
     tissue_min_um2: float = MIN_TISSUE_UM2  # tissue objects smaller than this are dropped
     tissue_max_hole_um2: float = MAX_HOLE_UM2  # holes in tissue smaller than this are filled
-    block_cells: int = 32  # block side in grid cells
+    block_cells: int = 16  # block side in grid cells (smaller blocks: shorter tail when workers finish)
     batch_size: int = 256
     tta: bool = False  # mean over the 8 flips/rotations of each patch (8× the model's work)
     device: str = "auto"

@@ -170,7 +170,23 @@ def resample_nearest(
     x0, y0, x1, y1 = box
     cols = np.floor(x0 + (np.arange(width) + 0.5) * ((x1 - x0) / width)).astype(np.intp)
     rows = np.floor(y0 + (np.arange(height) + 0.5) * ((y1 - y0) / height)).astype(np.intp)
-    return np.take(np.take(region, rows, axis=0), cols, axis=1)
+    return _gather_runs(_gather_runs(region, rows, axis=0), cols, axis=1)
+
+
+def _gather_runs(array: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take(array, index, axis)`` copied as slices, one per run of consecutive indices: near the level's
+    scale the runs are long (a 3% change of scale skips or repeats one pixel in ~33), and slice copies of
+    3-byte pixels are ~2.5× faster than ``take`` (the read path's nearest resample)."""
+    starts = np.flatnonzero(np.diff(index, prepend=index[0] - 2) != 1)
+    ends = np.append(starts[1:], len(index))
+    shape = list(array.shape)
+    shape[axis] = len(index)
+    out = np.empty(shape, array.dtype)
+    moved_out, moved_in = np.moveaxis(out, axis, 0), np.moveaxis(array, axis, 0)
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        source = int(index[start])
+        moved_out[start:end] = moved_in[source : source + end - start]
+    return out
 
 
 def _to_rgb_on_white(pixels: np.ndarray) -> np.ndarray:
