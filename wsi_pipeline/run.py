@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -317,13 +317,14 @@ class _Batch:
         self.card = read_card(model_folder)
         self.model = model_source(model_folder, self.card, options)
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
+        self.tissue_finder = ThreadPoolExecutor(1, thread_name_prefix="wsi-tissue")  # runs during hashing
         self.paths: Iterator[str | Path] = iter(())  # slides not planned yet
         self.planned: deque[Future[SlideJob]] = deque()  # in slide order
         self.active: deque[SlideJob] = deque()  # taken up, in slide order
         self.owners: dict = {}  # block future → (its SlideJob, its Block)
         from distributed import as_completed
 
-        self.in_flight = as_completed()
+        self.in_flight = as_completed(with_results=True, raise_errors=False)  # results fetched as they land
 
     def run(self, slide_paths: Sequence[str | Path]) -> list[SlideResult]:
         """Score the slides; their results in slide order. An interrupt, or ``stop`` being set, leaves every
@@ -335,7 +336,7 @@ class _Batch:
             while (self.planned or self.active) and not self.stop.is_set():
                 self._fill()
                 if not self.in_flight.is_empty():
-                    self._land(next(self.in_flight))
+                    self._land(*next(self.in_flight))
                 while self.active and self.active[0].settled:
                     results.append(self._settle(self.active.popleft()))
         finally:
@@ -391,7 +392,12 @@ class _Batch:
         job.source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
         started = datetime.now(timezone.utc).isoformat()
-        metadata = heatmap_metadata(slide, file_sha256(job.path), card, self.model, grid, options, started)
+        found = self.tissue_finder.submit(tissue_cells, slide, grid, options)  # while the file is hashed
+        try:
+            sha256 = file_sha256(job.path)
+        finally:
+            wait([found])  # the slide stays open until then
+        metadata = heatmap_metadata(slide, sha256, card, self.model, grid, options, started)
         existing = None if options.overwrite or not job.heatmap.exists() else read_metadata(job.heatmap)
         if existing is not None:
             differences = parameter_differences(existing, metadata)
@@ -404,7 +410,7 @@ class _Batch:
             if existing.get("complete"):
                 job.notes.insert(0, "complete heatmap exists (--overwrite)")
                 return
-        job.cells, tissue = tissue_cells(slide, grid, options)
+        job.cells, tissue = found.result()
         if existing is None:
             if job.heatmap.exists():
                 remove_heatmap(job.heatmap)
@@ -420,7 +426,9 @@ class _Batch:
                 )
             job.writer.record(resumed=[*existing.get("resumed", []), started])
         blocks = [b for b in split_blocks(grid.shape, options.block_cells) if job.cells[b.cells].any()]
-        job.todo = deque(b for b in blocks if not job.writer.is_written(b))
+        # largest first, so the blocks left when workers run out of work are small ones (a short tail)
+        todo = [b for b in blocks if not job.writer.is_written(b)]
+        job.todo = deque(sorted(todo, key=lambda b: -int(job.cells[b.cells].sum())))
         job.unwritten = len(job.todo)
         job.patches = sum(int(job.cells[b.cells].sum()) for b in job.todo)
         if len(job.todo) < len(blocks):
@@ -449,13 +457,15 @@ class _Batch:
         self.owners[future] = (job, block)
         self.in_flight.add(future)
 
-    def _land(self, future) -> None:
+    def _land(self, future, outcome: object) -> None:
         """Write a block's scores into its slide's heatmap; a block that failed fails its slide only."""
         job, block = self.owners.pop(future, (None, None))
         if job is None:  # cancelled with its slide
             return
         try:
-            _, probabilities, device, engine = future.result()
+            if future.status != "finished":
+                future.result()  # raises the task's error
+            _, probabilities, device, engine = outcome
             job.writer.write_block(block, probabilities)
             job.writer.note_runner(device, engine)
         except Exception as error:
@@ -538,6 +548,7 @@ class _Batch:
         for plan in self.planned:
             plan.cancel()
         self.planner.shutdown(wait=True)
+        self.tissue_finder.shutdown(wait=True)
         for job in [*self.active, *(plan.result() for plan in self.planned if not plan.cancelled())]:
             if job.progress is not None:
                 job.progress.close()
