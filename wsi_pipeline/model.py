@@ -52,7 +52,7 @@ WSINFER_TRANSFORMS = ("Resize", "ToTensor", "Normalize")
 ENGINES = ("auto", "torch", "onnxruntime")
 ONNX_TOLERANCE = 1e-3  # largest |Δ probability| between ONNX Runtime and torch that the load check accepts
 CHECK_PATCHES = 8  # random patches of the load check
-TIMING_PATCHES, TIMING_ROUNDS = 32, 3  # the engine race of ``auto``
+TIMING_PATCHES, TIMING_ROUNDS = 64, 5  # the engine race of ``auto`` (best of the rounds, alternating)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -603,6 +603,8 @@ def score_slides(
     options.validate()
     model_folder = resolve_model_folder(model_folder)
     read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
+    # the engine race (first run of a model on a machine) is timed before worker processes start
+    options = replace(options, engine=choose_engine(model_folder, options.engine))
     if reports is not None:
         reports.validate()
     with contextlib.ExitStack() as stack:
