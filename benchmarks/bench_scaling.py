@@ -2,7 +2,7 @@
 sizes (same tissue fraction) and of two tissue fractions (same size), with each Dask worker's peak RSS.
 
 Slides are made as in ``bench_pipeline.py`` (cached with ``--slide-cache``); every run is timed on one warm
-cluster, with the workers' peak RSS reset before each slide.
+cluster (median of ``--repeats``), with the workers' peak RSS reset before each slide.
 
     /work/venv/bin/python benchmarks/bench_scaling.py --model default --slide-cache /tmp/bench-slides
 """
@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mpp", type=float, default=0.25)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="warm runs per slide (median counts)")
     p.add_argument("--slide-cache", type=Path, help="folder keeping the synthetic slides between runs")
     p.add_argument("--workdir", type=Path, help="parent of the temporary working folder")
     return p.parse_args(argv)
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                     ScoreOptions(device="cpu"),
                     args.workers,
                     [WarmRun(path) for path, _, _ in slides.values()],
+                    args.repeats,
                 ),
                 strict=True,
             )
