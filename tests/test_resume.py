@@ -201,3 +201,29 @@ def test_sigterm_stops_wsi_score_resumably(tmp_path, probe_model):
         run.kill()
     assert "interrupted; the blocks written are kept" in run.stderr.read()
     assert blocks_done(store) > 0 and not read_heatmap(store).complete and not lock_path(store).exists()
+
+
+def test_a_complete_heatmap_is_kept_without_reading_the_unchanged_slide_again(
+    tmp_path, slide, probe_model, client, monkeypatch
+):
+    from wsi_pipeline import run as run_module
+
+    out = tmp_path / "out"
+    (first,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+    assert first.status == "ok"
+    hashed, file_sha256 = [], run_module.file_sha256
+
+    def recording_sha256(path):
+        hashed.append(Path(path))
+        return file_sha256(path)
+
+    monkeypatch.setattr(run_module, "file_sha256", recording_sha256)
+    (again,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+    assert again.status == "skipped" and slide not in hashed  # same path, size and mtime: the recorded sha256
+    stamp = os.stat(slide)
+    try:
+        os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched: read and hashed again
+        (touched,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+    finally:
+        os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert touched.status == "skipped" and hashed.count(slide) == 1  # same content: still kept

@@ -236,6 +236,7 @@ def heatmap_metadata(
             "mpp_source": "file" if options.mpp is None else "--mpp",
             "width0": slide.width0,
             "height0": slide.height0,
+            **file_stamp(slide.path),
         },
         "model": {
             "name": card.name,
@@ -254,6 +255,23 @@ def heatmap_metadata(
         "package_version": package_version(),
         "started": started,
     }
+
+
+def file_stamp(path: Path) -> dict[str, int]:
+    """A file's size and modification time (ns), recorded beside its sha256."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def recorded_sha256(existing: dict | None, path: Path) -> str | None:
+    """The slide sha256 a heatmap recorded, when the file is still the one it was computed from (same path,
+    size and modification time, as make and rsync judge), so re-runs over many slides do not read every file
+    again; None otherwise (the file is hashed)."""
+    recorded = (existing or {}).get("slide", {})
+    same_file = recorded.get("path") == str(path.resolve()) and all(
+        recorded.get(key) == value for key, value in file_stamp(path).items()
+    )
+    return recorded.get("sha256") if same_file else None
 
 
 def tissue_cells(slide: Slide, grid: PatchGrid, options: ScoreOptions) -> tuple[np.ndarray, TissueMask]:
@@ -392,13 +410,15 @@ class _Batch:
         job.source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
         started = datetime.now(timezone.utc).isoformat()
-        found = self.tissue_finder.submit(tissue_cells, slide, grid, options)  # while the file is hashed
-        try:
-            sha256 = file_sha256(job.path)
-        finally:
-            wait([found])  # the slide stays open until then
-        metadata = heatmap_metadata(slide, sha256, card, self.model, grid, options, started)
         existing = None if options.overwrite or not job.heatmap.exists() else read_metadata(job.heatmap)
+        sha256, found = recorded_sha256(existing, job.path), None
+        if sha256 is None:
+            found = self.tissue_finder.submit(tissue_cells, slide, grid, options)  # while the file is hashed
+            try:
+                sha256 = file_sha256(job.path)
+            finally:
+                wait([found])  # the slide stays open until then
+        metadata = heatmap_metadata(slide, sha256, card, self.model, grid, options, started)
         if existing is not None:
             differences = parameter_differences(existing, metadata)
             if differences:
@@ -410,7 +430,7 @@ class _Batch:
             if existing.get("complete"):
                 job.notes.insert(0, "complete heatmap exists (--overwrite)")
                 return
-        job.cells, tissue = found.result()
+        job.cells, tissue = tissue_cells(slide, grid, options) if found is None else found.result()
         if existing is None:
             if job.heatmap.exists():
                 remove_heatmap(job.heatmap)
