@@ -81,6 +81,7 @@ class ScoreWidget(QWidget):
         self.block_box = QSpinBox()
         self.block_box.setRange(1, 256)
         self.block_box.setValue(ScoreOptions.block_cells)
+        self.tta_box = QCheckBox("8-fold test-time augmentation (8× slower)")
         self.afresh_box = QCheckBox("Score afresh (replace an existing heatmap)")
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("results/ beside the slide")
@@ -105,6 +106,7 @@ class ScoreWidget(QWidget):
         form.addRow("Tissue fraction ≥", self.tissue_box)
         form.addRow("Block (cells)", self.block_box)
         form.addRow("Output folder", _with_browse(self.out_edit, self._browse_out))
+        form.addRow(self.tta_box)
         form.addRow(self.afresh_box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.score_button)
@@ -155,6 +157,7 @@ class ScoreWidget(QWidget):
             tissue_threshold=self.tissue_box.value(),
             block_cells=self.block_box.value(),
             device=self.device_box.currentText(),
+            tta=self.tta_box.isChecked(),
             overwrite=self.afresh_box.isChecked(),
         )
 
