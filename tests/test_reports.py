@@ -30,8 +30,8 @@ from wsi_pipeline.overlay import (
     compose_overlay,
     slide_thumbnail,
 )
-from wsi_pipeline.polygons import max_diameter, polygon_area
-from wsi_pipeline.regions import lattice_to_level0, signed_area
+from wsi_pipeline.polygons import max_diameter, polygon_area, signed_area
+from wsi_pipeline.regions import lattice_to_level0
 from wsi_pipeline.reports import report_paths
 from wsi_pipeline.synthetic_he import make_scene
 from wsi_pipeline.synthetic_sets import read_truth_polygons, write_synthetic_slide

@@ -12,7 +12,7 @@ from skimage.measure import points_in_poly
 from wsi_pipeline import Slide, detect_tissue
 from wsi_pipeline.checksum import file_sha256
 from wsi_pipeline.datasets import open_patch_dataset
-from wsi_pipeline.polygons import polygon_area
+from wsi_pipeline.polygons import polygon_area, signed_area
 from wsi_pipeline.synthetic_cli import main as synth_main
 from wsi_pipeline.synthetic_he import LYMPHOID, STROMA, TUMOUR, make_scene
 from wsi_pipeline.synthetic_sets import (
@@ -33,11 +33,6 @@ def he_slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("he") / "node.svs"
     truth = write_synthetic_slide(path, SCENE)
     return path, truth
-
-
-def signed_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
 
 
 def test_truth_files_agree_with_each_other(he_slide):

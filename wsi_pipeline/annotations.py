@@ -35,7 +35,7 @@ from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
 
 from .errors import InputError
-from .polygons import points_in_polygons
+from .polygons import points_in_polygons, signed_area
 
 TUMOUR_GROUPS = ("tumor", "tumour", "_0", "_1", "metastases")
 EXCLUSION_GROUPS = ("_2", "exclusion")
@@ -207,9 +207,7 @@ def mask_regions(mask: np.ndarray, downsample: float) -> TumourRegions:
     # outlines then wind in opposite directions, told apart by the sign of their area.
     for contour in find_contours(padded, 0.5, positive_orientation="high"):
         ring = (contour[:, ::-1] - 0.5) * downsample  # (row, col) of the padded mask → level-0 (x, y)
-        x, y = ring[:, 0], ring[:, 1]
-        signed_area = float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-        (regions.tumour if signed_area < 0 else regions.exclusions).append(ring)
+        (regions.tumour if signed_area(ring) < 0 else regions.exclusions).append(ring)
     return regions
 
 

@@ -8,10 +8,16 @@ import numpy as np
 from skimage.measure import points_in_poly
 
 
+def signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a ring of (x, y) vertices, closed or not: positive when counter-clockwise in x/y as
+    written (clockwise on screen, where y points down)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+
+
 def polygon_area(vertices: np.ndarray) -> float:
-    """Area of a simple polygon (shoelace), in the squared units of its vertices."""
-    x, y = vertices[:, 0], vertices[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+    """Area of a simple polygon, in the squared units of its vertices."""
+    return abs(signed_area(vertices))
 
 
 def max_diameter(vertices: np.ndarray) -> float:

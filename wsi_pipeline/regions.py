@@ -18,7 +18,7 @@ from skimage.measure import find_contours
 
 from .grid import PatchGrid
 from .heatmap import Heatmap
-from .polygons import max_diameter
+from .polygons import max_diameter, signed_area
 
 TUMOUR_NAMES = ("tumour", "tumor")
 # Nodal metastasis size categories by the largest dimension (AJCC: ITC ≤ 0.2 mm, micrometastasis > 0.2 mm
@@ -148,12 +148,6 @@ def _rings(mask: np.ndarray) -> list[np.ndarray]:
         corners = corners[before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0]  # drop straight runs
         rings.append(np.vstack([corners, corners[:1]]))
     return rings
-
-
-def signed_area(ring: np.ndarray) -> float:
-    """Shoelace area of a closed ring in x/y as written: positive when counter-clockwise."""
-    x, y = ring[:, 0], ring[:, 1]
-    return float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
 
 
 def _oriented(ring: np.ndarray, counter_clockwise: bool) -> np.ndarray:
