@@ -224,6 +224,8 @@ def test_a_complete_heatmap_is_kept_without_reading_the_unchanged_slide_again(
     try:
         os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched: read and hashed again
         (touched,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+        assert touched.status == "skipped" and hashed.count(slide) == 1  # same content: still kept
+        (later,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+        assert later.status == "skipped" and hashed.count(slide) == 1  # the new stamp was recorded
     finally:
         os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    assert touched.status == "skipped" and hashed.count(slide) == 1  # same content: still kept

@@ -429,6 +429,8 @@ class _Batch:
                 )
             if existing.get("complete"):
                 job.notes.insert(0, "complete heatmap exists (--overwrite)")
+                if found is not None:  # hashed: same content under a new stamp, kept for the next re-run
+                    HeatmapWriter.reopen(job.heatmap).record(slide=metadata["slide"])
                 return
         job.cells, tissue = tissue_cells(slide, grid, options) if found is None else found.result()
         if existing is None:
