@@ -298,7 +298,6 @@ class SlideJob:
     cells: np.ndarray | None = None  # grid cells to score
     todo: deque[Block] = field(default_factory=deque)  # blocks still to submit
     unwritten: int = 0  # blocks of this run whose scores are not written yet
-    last_write: Future | None = None  # the newest of its blocks handed to the writer thread
     patches: int = 0  # patches scored by this run
     notes: list[str] = field(default_factory=list)
     progress: Progress | None = None
@@ -306,9 +305,7 @@ class SlideJob:
 
     @property
     def settled(self) -> bool:
-        """Nothing of this slide is being written, and it failed or all its blocks are written."""
-        writing = self.last_write is not None and not self.last_write.done()
-        return not writing and (self.error is not None or self.unwritten == 0)
+        return self.error is not None or self.unwritten == 0
 
 
 def _failure(path: Path, error: Exception) -> str:
@@ -339,9 +336,6 @@ class _Batch:
         self.model = model_source(model_folder, self.card, options)
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
         self.tissue_finder = ThreadPoolExecutor(1, thread_name_prefix="wsi-tissue")  # runs during hashing
-        # one thread writes landed blocks in order, so the loop goes on submitting meanwhile
-        self.block_writer = ThreadPoolExecutor(1, thread_name_prefix="wsi-write")
-        self.writes: deque[Future] = deque()  # block writes handed over and not known to be done, in order
         self.paths: Iterator[str | Path] = iter(())  # slides not planned yet
         self.planned: deque[Future[SlideJob]] = deque()  # in slide order
         self.active: deque[SlideJob] = deque()  # taken up, in slide order
@@ -361,8 +355,6 @@ class _Batch:
                 self._fill()
                 if not self.in_flight.is_empty():
                     self._land(*next(self.in_flight))
-                elif self.writes:
-                    wait([self.writes[0]])  # nothing in flight: the window is held by blocks being written
                 while self.active and self.active[0].settled:
                     results.append(self._settle(self.active.popleft()))
         finally:
@@ -378,13 +370,11 @@ class _Batch:
             self.planned.append(self.planner.submit(self._plan, Path(path)))
 
     def _fill(self) -> None:
-        """Submit blocks until a few per worker thread are in flight or being written, taking up planned
-        slides in order (waiting for a plan only when nothing is in flight)."""
+        """Submit blocks until a few per worker thread are in flight, taking up planned slides in order
+        (waiting for a plan only when nothing is in flight)."""
         window = 2 * sum(self.client.nthreads().values()) + 2
-        while self.writes and self.writes[0].done():
-            self.writes.popleft()
-        while self.in_flight.count() + len(self.writes) < window:
-            job = next((job for job in self.active if job.todo and job.error is None), None)
+        while self.in_flight.count() < window:
+            job = next((job for job in self.active if job.todo), None)
             if job is not None:
                 self._submit(job, job.todo.popleft())
             elif self.planned and (self.planned[0].done() or self.in_flight.is_empty()):
@@ -490,36 +480,21 @@ class _Batch:
         self.in_flight.add(future)
 
     def _land(self, future, outcome: object) -> None:
-        """Hand a block's scores to the writer thread; a block that failed (or a slide whose writing failed)
-        fails its slide only."""
+        """Write a block's scores into its slide's heatmap; a block that failed fails its slide only."""
         job, block = self.owners.pop(future, (None, None))
         if job is None:  # cancelled with its slide
             return
         try:
-            if job.error is not None:
-                raise job.error  # set by the writer thread
             if future.status != "finished":
                 future.result()  # raises the task's error
+            _, probabilities, device, engine = outcome
+            job.writer.write_block(block, probabilities)
+            job.writer.note_runner(device, engine)
         except Exception as error:
             self._fail(job, error)
             return
         finally:
             future.release()
-        job.last_write = self.block_writer.submit(self._write, job, block, *outcome[1:])
-        self.writes.append(job.last_write)
-
-    def _write(
-        self, job: SlideJob, block: Block, probabilities: np.ndarray, device: str, engine: str
-    ) -> None:
-        """Write a block into its slide's heatmap and report it (in the writer thread)."""
-        if job.error is not None:
-            return
-        try:
-            job.writer.write_block(block, probabilities)
-            job.writer.note_runner(device, engine)
-        except BaseException as error:  # the slide fails (an interrupt raised here interrupts the run)
-            job.error = error
-            return
         job.unwritten -= 1
         patches = int(job.cells[block.cells].sum())
         if job.progress is not None:
@@ -596,7 +571,6 @@ class _Batch:
             plan.cancel()
         self.planner.shutdown(wait=True)
         self.tissue_finder.shutdown(wait=True)
-        self.block_writer.shutdown(wait=True)  # blocks already landed are written before locks are released
         for job in [*self.active, *(plan.result() for plan in self.planned if not plan.cancelled())]:
             if job.progress is not None:
                 job.progress.close()
@@ -617,9 +591,9 @@ def score_slide(
 ) -> SlideResult:
     """Score one slide into ``out_dir/<stem>.zarr`` with a model folder (or bundled model name) on the cluster
     behind ``client``, resuming or keeping a heatmap as ``score_slides`` does; no batch-table row, and a
-    failure is raised. ``on_event`` is called with a ``SlidePlanned`` (in this thread) and then a
-    ``BlockWritten`` per block (in the run's writer thread); setting ``stop`` ends the run once the blocks
-    already scored are written, "cancelled" and resumable. Reports are written when ``reports`` is given."""
+    failure is raised. ``on_event`` is called (in this thread) with a ``SlidePlanned`` and then a
+    ``BlockWritten`` per block; setting ``stop`` ends the run after the block being written, "cancelled" and
+    resumable. Reports are written when ``reports`` is given."""
     options.validate()
     model_folder = resolve_model_folder(model_folder)
     if reports is not None:
