@@ -299,6 +299,7 @@ class SlideJob:
     todo: deque[Block] = field(default_factory=deque)  # blocks still to submit
     unwritten: int = 0  # blocks of this run whose scores are not written yet
     patches: int = 0  # patches scored by this run
+    kept: int = 0  # blocks an earlier run wrote
     notes: list[str] = field(default_factory=list)
     progress: Progress | None = None
     error: Exception | None = None
@@ -448,20 +449,18 @@ class _Batch:
                 )
             job.writer.record(resumed=[*existing.get("resumed", []), started])
         blocks = [b for b in split_blocks(grid.shape, options.block_cells) if job.cells[b.cells].any()]
-        # largest first, so the blocks left when workers run out of work are small ones (a short tail)
-        todo = [b for b in blocks if not job.writer.is_written(b)]
-        job.todo = deque(sorted(todo, key=lambda b: -int(job.cells[b.cells].sum())))
-        job.unwritten = len(job.todo)
-        job.patches = sum(int(job.cells[b.cells].sum()) for b in job.todo)
-        if len(job.todo) < len(blocks):
-            job.notes.append(f"resumed: {len(blocks) - len(job.todo)} of {len(blocks)} blocks were written")
+        todo = [(int(job.cells[b.cells].sum()), b) for b in blocks if not job.writer.is_written(b)]
+        todo.sort(key=lambda pair: -pair[0])  # largest first: small blocks make the tail
+        job.todo = deque(block for _, block in todo)
+        job.unwritten, job.patches, job.kept = len(todo), sum(n for n, _ in todo), len(blocks) - len(todo)
+        if job.kept:
+            job.notes.append(f"resumed: {job.kept} of {len(blocks)} blocks were written")
 
     def _take_up(self, job: SlideJob) -> SlideJob:
         if job.writer is not None:
             if self.show_progress:
                 job.progress = Progress(job.patches, job.path.name)
-            kept = int(job.writer.done[...].sum())
-            self.on_event(SlidePlanned(job.path, job.heatmap, job.patches, kept))
+            self.on_event(SlidePlanned(job.path, job.heatmap, job.patches, job.kept))
         return job
 
     def _submit(self, job: SlideJob, block: Block) -> None:
