@@ -2,9 +2,9 @@
 
 Writes ``--slides`` synthetic lymph-node slides (seeds never used for training data; about half without
 tumour), scores them with ``score_slides`` and a model (default: the bundled default model), and compares
-each heatmap with the slide's truth polygons (``wsi_pipeline.truth_eval``): pooled cell-level AUC and Dice,
+each heatmap with the slide's truth polygons (``evaluation.truth``): pooled cell-level AUC and Dice,
 slide-level AUC (slide score = max tumour probability), the share of metastases larger than 0.5 mm that reach
-the threshold, and the Camelyon16 lesion-level FROC (``wsi_pipeline.froc``: detections one per region of cells
+the threshold, and the Camelyon16 lesion-level FROC (``evaluation.froc``: detections one per region of cells
 at least ``--detection-floor``; ``--froc-png`` draws the curve). Slides are kept in ``--workdir`` and reused
 on a second run.
 
@@ -18,15 +18,16 @@ import json
 import time
 from pathlib import Path
 
-from wsi_pipeline.froc import DETECTION_FLOOR
-from wsi_pipeline.heatmap import read_heatmap
-from wsi_pipeline.model import DEFAULT_MODEL
-from wsi_pipeline.plots import plot_froc
-from wsi_pipeline.run import ScoreOptions, score_slides
-from wsi_pipeline.synthetic_cli import slide_plan
-from wsi_pipeline.synthetic_he import make_scene
-from wsi_pipeline.synthetic_sets import read_truth_polygons, truth_paths, write_synthetic_slide
-from wsi_pipeline.truth_eval import evaluate_heatmap, summarise
+from wsi_pipeline.cli.synth import slide_plan
+from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
+from wsi_pipeline.evaluation.plots import plot_froc
+from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
+from wsi_pipeline.model.bundled import DEFAULT_MODEL
+from wsi_pipeline.scoring.api import score_slides
+from wsi_pipeline.scoring.options import ScoreOptions
+from wsi_pipeline.store.heatmap import read_heatmap
+from wsi_pipeline.synthetic.scene import make_scene
+from wsi_pipeline.synthetic.sets import read_truth_polygons, truth_paths, write_synthetic_slide
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench_pipeline import OtherLoad, WarmRun, bench_slide, model_folder, pipeline_warm, show, warmup_slide
 
-from wsi_pipeline.run import ScoreOptions
+from wsi_pipeline.scoring.options import ScoreOptions
 
 DENSE_STRIDE = 32  # target px: PCam's label covers the centre 32 × 32 of each 96² patch
 

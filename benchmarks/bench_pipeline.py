@@ -41,30 +41,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsi_pipeline import scoring
-from wsi_pipeline import slide as slide_io
-from wsi_pipeline.heatmap import read_heatmap
-from wsi_pipeline.model import (
-    DEFAULT_MODEL,
-    Model,
-    ModelCard,
-    build_module,
-    bundled_models_dir,
-    read_card,
-    save_model,
-)
-from wsi_pipeline.run import (
-    WORKER_ENVIRONMENT,
-    ScoreOptions,
-    SlideResult,
-    dask_client,
-    model_source,
-    plan_grid,
-    score_slides,
-)
-from wsi_pipeline.scoring import ModelSource
-from wsi_pipeline.slide import NEAREST_TOLERANCE, Slide
-from wsi_pipeline.synthetic import Rect, RectScene, write_slide
+from wsi_pipeline.model.architectures import build_module
+from wsi_pipeline.model.bundled import DEFAULT_MODEL, bundled_models_dir
+from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.model.weights import save_model
+from wsi_pipeline.scoring import worker as scoring
+from wsi_pipeline.scoring.api import score_slides
+from wsi_pipeline.scoring.batch import model_source
+from wsi_pipeline.scoring.cluster import WORKER_ENVIRONMENT, dask_client
+from wsi_pipeline.scoring.options import ScoreOptions, SlideResult
+from wsi_pipeline.scoring.worker import ModelSource
+from wsi_pipeline.slide import reader as slide_io
+from wsi_pipeline.slide.reader import NEAREST_TOLERANCE, Slide
+from wsi_pipeline.store.heatmap import read_heatmap
+from wsi_pipeline.synthetic.svs import Rect, RectScene, write_slide
+from wsi_pipeline.tiling.grid import plan_grid
 
 PINK = (220, 140, 190)
 PURPLE = (120, 60, 140)

@@ -26,7 +26,7 @@ from bench_pipeline import (
     warmup_slide,
 )
 
-from wsi_pipeline.run import ScoreOptions
+from wsi_pipeline.scoring.options import ScoreOptions
 
 
 def size(text: str) -> tuple[int, int]:

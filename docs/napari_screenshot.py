@@ -23,9 +23,9 @@ def main() -> None:
         import napari
 
         from wsi_pipeline import score_slides
-        from wsi_pipeline.model import DEFAULT_MODEL
+        from wsi_pipeline.findings.regions import find_regions
+        from wsi_pipeline.model.bundled import DEFAULT_MODEL
         from wsi_pipeline.napari.layers import HEATMAP_KEY
-        from wsi_pipeline.regions import find_regions
 
         [result] = score_slides([SLIDE], DEFAULT_MODEL, scratch, scheduler="threads", show_progress=False)
         viewer = napari.Viewer(title="wsi_pipeline: synthetic-node_19_000")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from wsi_pipeline import ModelCard, build_module, dask_client, save_model
-from wsi_pipeline.model import Model
-from wsi_pipeline.onnx_engine import CACHE_ENV
-from wsi_pipeline.synthetic import Rect, RectScene, write_slide
+from wsi_pipeline.model.onnx import CACHE_ENV
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.synthetic.svs import Rect, RectScene, write_slide
 
 REPO = Path(__file__).resolve().parent.parent
 CMU_SLIDE = REPO / "sample_slides" / "CMU-1-Small-Region.svs"

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from wsi_pipeline.annotations import find_truth, read_asap_xml, read_geojson, read_mask, read_truth
-from wsi_pipeline.errors import InputError
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.evaluation.annotations import find_truth, read_asap_xml, read_geojson, read_mask, read_truth
 
 # Camelyon16 style: tumour in groups _0, _1 and Tumor; _2 marks non-tumour areas inside tumour annotations.
 ASAP_XML = """<?xml version="1.0"?>

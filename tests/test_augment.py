@@ -8,13 +8,13 @@ import torch
 import torchvision.transforms.v2.functional as tvf
 from skimage.color import hed2rgb, rgb2hed
 
-from wsi_pipeline.augment import (
+from wsi_pipeline.model.tta import dihedral
+from wsi_pipeline.training.augment import (
     HED_FROM_RGB,
     RGB_FROM_HED,
     AugmentConfig,
     augment,
     colour_jitter,
-    dihedral,
     hed_jitter,
     random_dihedral,
 )

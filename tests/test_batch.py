@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from wsi_pipeline import ReportOptions, ScoreOptions, read_heatmap
-from wsi_pipeline.cli import main
-from wsi_pipeline.reports import report_paths
-from wsi_pipeline.run import score_slides
-from wsi_pipeline.tables import BATCH_COLUMNS, BATCH_TABLE, read_batch_table, write_atomically
+from wsi_pipeline.cli.score import main
+from wsi_pipeline.core.files import write_atomically
+from wsi_pipeline.findings.reports import report_paths
+from wsi_pipeline.scoring.api import score_slides
+from wsi_pipeline.scoring.ledger import BATCH_COLUMNS, BATCH_TABLE, read_batch_table
 
 from .conftest import make_slide
 from .test_reports import DARK_CELLS, GRID, SIDE, check_geojson

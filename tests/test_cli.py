@@ -10,8 +10,8 @@ import zarr
 from ome_zarr_models.v05 import image as ome_image
 from ome_zarr_models.v05 import image_label as ome_label
 
-from wsi_pipeline.cli import main
-from wsi_pipeline.heatmap import is_heatmap, read_heatmap
+from wsi_pipeline.cli.score import main
+from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
 
 from .conftest import CMU_SLIDE, make_slide
 

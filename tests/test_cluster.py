@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from wsi_pipeline import ScoreOptions, dask_client, read_heatmap, score_slides, scoring
-from wsi_pipeline.cli import main
-from wsi_pipeline.heatmap import HeatmapWriter
+from wsi_pipeline import ScoreOptions, dask_client, read_heatmap, score_slides
+from wsi_pipeline.cli.score import main
+from wsi_pipeline.scoring import worker as scoring
+from wsi_pipeline.store.heatmap import HeatmapWriter
 
 from .conftest import make_slide
 
@@ -138,7 +139,7 @@ def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slide
         np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])
 
     def cached_models() -> list[str]:
-        from wsi_pipeline.scoring import _models
+        from wsi_pipeline.scoring.worker import _models
 
         return [weights for weights, *_ in _models]
 

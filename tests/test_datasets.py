@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline import datasets
-from wsi_pipeline.datasets import (
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.datasets import patches as datasets
+from wsi_pipeline.datasets.patches import (
     PCAM_PREFIX,
     open_patch_dataset,
     write_class_folders,
     write_kaggle,
     write_pcam_split,
 )
-from wsi_pipeline.errors import InputError
 
 RNG = np.random.default_rng(7)
 PATCHES = RNG.integers(0, 256, (20, 96, 96, 3), dtype=np.uint8)

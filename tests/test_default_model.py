@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from wsi_pipeline import ScoreOptions, read_heatmap, score_slides
-from wsi_pipeline.model import DEFAULT_MODEL, bundled_models_dir, read_card
-from wsi_pipeline.synthetic_he import make_scene
-from wsi_pipeline.synthetic_sets import read_truth_polygons, write_synthetic_slide
-from wsi_pipeline.truth_eval import evaluate_heatmap, summarise
+from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
+from wsi_pipeline.model.bundled import DEFAULT_MODEL, bundled_models_dir
+from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.synthetic.scene import make_scene
+from wsi_pipeline.synthetic.sets import read_truth_polygons, write_synthetic_slide
 
 from .conftest import REPO
 

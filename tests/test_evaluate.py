@@ -13,11 +13,15 @@ import torch
 from PIL import Image
 
 from wsi_pipeline import Block, PatchGrid, ScoreOptions, score_slide
-from wsi_pipeline.datasets import open_patch_dataset, write_class_folders, write_pcam_split
-from wsi_pipeline.evaluate import evaluate_patches, patch_metrics
-from wsi_pipeline.evaluate_cli import main
-from wsi_pipeline.heatmap import HeatmapWriter
-from wsi_pipeline.model import Model, ModelCard, build_module, read_card, save_model
+from wsi_pipeline.cli.evaluate import main
+from wsi_pipeline.datasets.patches import open_patch_dataset, write_class_folders, write_pcam_split
+from wsi_pipeline.evaluation.patches import evaluate_patches, patch_metrics
+from wsi_pipeline.model.architectures import build_module
+from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.model.weights import save_model
+from wsi_pipeline.store.heatmap import HeatmapWriter
 
 from .conftest import make_slide
 from .test_annotations import qupath_feature, square

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from wsi_pipeline import Heatmap, PatchGrid
-from wsi_pipeline.annotations import TumourRegions
-from wsi_pipeline.froc import (
+from wsi_pipeline.evaluation.annotations import TumourRegions
+from wsi_pipeline.evaluation.froc import (
     find_lesions,
     froc_curve,
     froc_score,

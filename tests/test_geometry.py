@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsi_pipeline import ScoreOptions, read_heatmap, score_slide
-from wsi_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
+from wsi_pipeline.model.card import IMAGENET_MEAN, IMAGENET_STD
 
 from .conftest import DARK, PINK, count_patches, make_slide
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsi_pipeline import Block, PatchGrid, TissueMask, split_blocks, tissue_fraction
-from wsi_pipeline.blocks import cut_patches
+from wsi_pipeline.tiling.patches import cut_patches
 
 
 def grid(stride: int = 96) -> PatchGrid:

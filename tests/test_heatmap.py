@@ -7,7 +7,8 @@ import pytest
 import zarr
 
 from wsi_pipeline import Block, InputError, PatchGrid, read_heatmap
-from wsi_pipeline.heatmap import HeatmapWriter, level_shapes
+from wsi_pipeline.store.heatmap import HeatmapWriter
+from wsi_pipeline.store.ngff import level_shapes
 
 GRID = PatchGrid(width0=9000, height0=7000, mpp0=0.25, target_mpp=0.972, patch_size=96, stride=32)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_pipeline.metrics import (
+from wsi_pipeline.evaluation.metrics import (
     accuracy,
     average_ranks,
     balanced_accuracy,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wsi_pipeline import InputError, Model, ModelCard, build_module, read_card, resolve_device, save_model
-from wsi_pipeline.model import resolve_model_folder
+from wsi_pipeline.model.bundled import resolve_model_folder
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from wsi_pipeline import InputError, Model, ModelCard, build_module, save_model, score_slides
-from wsi_pipeline.heatmap import read_heatmap
+from wsi_pipeline.store.heatmap import read_heatmap
 
 from .conftest import make_slide
 

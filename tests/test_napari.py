@@ -22,9 +22,9 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install 
 if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     pytest.skip("no display: run under xvfb-run (see .ci/run)", allow_module_level=True)
 from wsi_pipeline import read_heatmap, score_slides
-from wsi_pipeline.heatmap import read_metadata
 from wsi_pipeline.napari.layers import TILE
-from wsi_pipeline.slide import SLIDE_SUFFIXES, Slide
+from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
+from wsi_pipeline.store.heatmap import read_metadata
 
 from .conftest import make_slide
 
@@ -191,9 +191,9 @@ def test_widget_scores_the_open_slide_and_canvas_shows_it(
 def test_cancel_leaves_a_heatmap_that_wsi_score_resumes_to_the_uninterrupted_result(
     make_napari_viewer, qtbot, slide_path, probe_model, tmp_path, monkeypatch
 ):
-    from wsi_pipeline.cli import main
-    from wsi_pipeline.heatmap import DONE_ARRAY, HeatmapWriter
-    from wsi_pipeline.run import BlockWritten
+    from wsi_pipeline.cli.score import main
+    from wsi_pipeline.scoring.options import BlockWritten
+    from wsi_pipeline.store.heatmap import DONE_ARRAY, HeatmapWriter
 
     written_blocks, write_block = [], HeatmapWriter.write_block
 

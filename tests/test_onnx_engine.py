@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_pipeline import model as model_module
-from wsi_pipeline import onnx_engine, read_heatmap
-from wsi_pipeline.cli import main
-from wsi_pipeline.model import DEFAULT_MODEL, Model, ModelCard, build_module, save_model
+from wsi_pipeline import read_heatmap
+from wsi_pipeline.cli.score import main
+from wsi_pipeline.model import onnx as onnx_engine
+from wsi_pipeline.model import predict
+from wsi_pipeline.model.architectures import build_module
+from wsi_pipeline.model.bundled import DEFAULT_MODEL
+from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.model.weights import save_model
 
 from .conftest import make_slide
 
@@ -92,7 +98,7 @@ def test_a_cached_export_is_reused_and_keyed_by_the_weights(tmp_path, cache, mon
     monkeypatch.undo()
     monkeypatch.setenv(onnx_engine.CACHE_ENV, str(cache))
     torch.manual_seed(5)
-    card = model_module.read_card(first)
+    card = read_card(first)
     other = save_model(tmp_path / "other", build_module(card), card)  # same card, other weights
     Model(other, CPU, "onnxruntime")
     assert len(list((cache / "onnx").glob("*.onnx"))) == 2
@@ -146,7 +152,7 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_dropped(tmp_path, ca
 
     def export_of_another_module(module, input_shape):
         torch.manual_seed(9)
-        return wrong(build_module(model_module.read_card(folder)).eval(), input_shape)
+        return wrong(build_module(read_card(folder)).eval(), input_shape)
 
     monkeypatch.setattr(onnx_engine, "export_onnx", export_of_another_module)
     with pytest.warns(UserWarning, match="differs from torch"):
@@ -163,18 +169,18 @@ def test_choose_engine_races_with_one_thread_whatever_the_callers_count(tmp_path
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        chosen = model_module.choose_engine(folder, "auto")
+        chosen = predict.choose_engine(folder, "auto")
         assert torch.get_num_threads() == 2  # the caller's count is given back
     finally:
         torch.set_num_threads(threads)
     (choice,) = (cache / "engine").glob("*.json")
     assert choice.name.endswith("-1t.json")  # measured as a single-threaded Dask worker runs
-    assert chosen == model_module.faster_engine(choice)
+    assert chosen == predict.faster_engine(choice)
     choice.write_text(json.dumps({"torch": 2.0, "onnxruntime": 1.0}))
-    assert model_module.choose_engine(folder, "auto") == "onnxruntime"
-    assert model_module.choose_engine(folder, "torch") == "torch"
+    assert predict.choose_engine(folder, "auto") == "onnxruntime"
+    assert predict.choose_engine(folder, "torch") == "torch"
     with pytest.raises(ValueError, match="engine must be one of"):
-        model_module.choose_engine(folder, "tensorrt")
+        predict.choose_engine(folder, "tensorrt")
 
 
 def test_wsi_score_runs_the_chosen_engine_on_every_block_and_resumes_only_with_it(tmp_path, capsys):

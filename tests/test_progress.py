@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from wsi_pipeline.progress import Progress
+from wsi_pipeline.core.progress import Progress
 
 
 def test_log_lines_off_a_terminal():

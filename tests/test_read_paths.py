@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_pipeline import slide as slide_module
-from wsi_pipeline.blocks import read_block_patches
-from wsi_pipeline.grid import Block
-from wsi_pipeline.run import plan_grid
-from wsi_pipeline.slide import NEAREST_TOLERANCE, Slide, resample_nearest
+from wsi_pipeline.slide import reader as slide_module
+from wsi_pipeline.slide.reader import NEAREST_TOLERANCE, Slide, resample_nearest
+from wsi_pipeline.tiling.grid import Block, plan_grid
+from wsi_pipeline.tiling.patches import read_block_patches
 
 from .conftest import CMU_SLIDE, make_slide
 

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from wsi_pipeline import Heatmap, PatchGrid, find_regions
-from wsi_pipeline.polygons import points_in_polygons, signed_area
-from wsi_pipeline.regions import CATEGORIES, lattice_to_level0, outline, size_category, tumour_class_index
-from wsi_pipeline.summary import slide_summary, top_k_mean
+from wsi_pipeline.core.polygons import points_in_polygons, signed_area
+from wsi_pipeline.findings.regions import (
+    CATEGORIES,
+    lattice_to_level0,
+    outline,
+    size_category,
+    tumour_class_index,
+)
+from wsi_pipeline.findings.summary import slide_summary, top_k_mean
 
 # PCam's geometry on a 0.5 µm/px scan: cells are 96 target px = 186.62 level-0 px = 93.312 µm wide
 PCAM = PatchGrid(width0=6000, height0=4000, mpp0=0.5, target_mpp=0.972, patch_size=96, stride=96)

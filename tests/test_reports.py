@@ -12,17 +12,10 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-from wsi_pipeline import (
-    PatchGrid,
-    ReportOptions,
-    Slide,
-    find_regions,
-    read_heatmap,
-    write_reports,
-)
-from wsi_pipeline.grid import Block, tissue_fraction
-from wsi_pipeline.heatmap import HeatmapWriter
-from wsi_pipeline.overlay import (
+from wsi_pipeline import PatchGrid, ReportOptions, Slide, find_regions, read_heatmap, write_reports
+from wsi_pipeline.core.polygons import max_diameter, polygon_area, signed_area
+from wsi_pipeline.evaluation.truth import cell_tumour_fraction
+from wsi_pipeline.findings.overlay import (
     COLORMAP,
     HEATMAP_ALPHA,
     MARGINS,
@@ -30,13 +23,13 @@ from wsi_pipeline.overlay import (
     compose_overlay,
     slide_thumbnail,
 )
-from wsi_pipeline.polygons import max_diameter, polygon_area, signed_area
-from wsi_pipeline.regions import lattice_to_level0
-from wsi_pipeline.reports import report_paths
-from wsi_pipeline.synthetic_he import make_scene
-from wsi_pipeline.synthetic_sets import read_truth_polygons, write_synthetic_slide
-from wsi_pipeline.tissue import detect_tissue
-from wsi_pipeline.truth_eval import cell_tumour_fraction
+from wsi_pipeline.findings.regions import lattice_to_level0
+from wsi_pipeline.findings.reports import report_paths
+from wsi_pipeline.store.heatmap import HeatmapWriter
+from wsi_pipeline.synthetic.scene import make_scene
+from wsi_pipeline.synthetic.sets import read_truth_polygons, write_synthetic_slide
+from wsi_pipeline.tiling.grid import Block, tissue_fraction
+from wsi_pipeline.tiling.tissue import detect_tissue
 
 try:  # an independent validity check when shapely happens to be installed (not a dependency)
     from shapely.geometry import shape as shapely_shape

@@ -15,8 +15,9 @@ import pytest
 import zarr
 
 from wsi_pipeline import ScoreOptions, read_heatmap, score_slides
-from wsi_pipeline.cli import main
-from wsi_pipeline.heatmap import DONE_ARRAY, FileLock, HeatmapWriter, LockedError, lock_path
+from wsi_pipeline.cli.score import main
+from wsi_pipeline.core.locks import FileLock, LockedError, lock_path
+from wsi_pipeline.store.heatmap import DONE_ARRAY, HeatmapWriter
 
 from .conftest import count_patches, make_slide
 
@@ -147,7 +148,7 @@ def test_a_live_lock_refuses_the_slide_and_a_dead_holders_lock_is_taken_over(
     lock = lock_path(store)
     code = f"""if True:
         import time
-        from wsi_pipeline.heatmap import FileLock
+        from wsi_pipeline.core.locks import FileLock
         FileLock({str(lock)!r}).acquire()
         print("held", flush=True)
         time.sleep(120)"""
@@ -188,7 +189,15 @@ def test_sigterm_stops_wsi_score_resumably(tmp_path, probe_model):
     make_slide(tmp_path / "big.svs", 4800, 4000, 0.5, [])
     store = tmp_path / "out" / "big.zarr"
     args = [tmp_path / "big.svs", "-o", tmp_path / "out", "--model", probe_model, "--block-cells", "1"]
-    command = [sys.executable, "-m", "wsi_pipeline.cli", *map(str, args), "--scheduler", "threads", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "wsi_pipeline.cli.score",
+        *map(str, args),
+        "--scheduler",
+        "threads",
+        "-q",
+    ]
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -206,7 +215,7 @@ def test_sigterm_stops_wsi_score_resumably(tmp_path, probe_model):
 def test_a_complete_heatmap_is_kept_without_reading_the_unchanged_slide_again(
     tmp_path, slide, probe_model, client, monkeypatch
 ):
-    from wsi_pipeline import run as run_module
+    from wsi_pipeline.scoring import batch as run_module
 
     out = tmp_path / "out"
     (first,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)

@@ -10,12 +10,12 @@ from PIL import Image
 from skimage.measure import points_in_poly
 
 from wsi_pipeline import Slide, detect_tissue
-from wsi_pipeline.checksum import file_sha256
-from wsi_pipeline.datasets import open_patch_dataset
-from wsi_pipeline.polygons import polygon_area, signed_area
-from wsi_pipeline.synthetic_cli import main as synth_main
-from wsi_pipeline.synthetic_he import LYMPHOID, STROMA, TUMOUR, make_scene
-from wsi_pipeline.synthetic_sets import (
+from wsi_pipeline.cli.synth import main as synth_main
+from wsi_pipeline.core.files import file_sha256
+from wsi_pipeline.core.polygons import polygon_area, signed_area
+from wsi_pipeline.datasets.patches import open_patch_dataset
+from wsi_pipeline.synthetic.scene import LYMPHOID, STROMA, TUMOUR, make_scene
+from wsi_pipeline.synthetic.sets import (
     MASK_DOWNSAMPLE,
     patch_labels,
     read_truth_polygons,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsi_pipeline import Slide, detect_tissue
-from wsi_pipeline.synthetic import Rect, RectScene
+from wsi_pipeline.synthetic.svs import Rect, RectScene
 
 from .conftest import CMU_SLIDE, PINK
 
@@ -45,7 +45,7 @@ def test_rectangle_is_found_and_specks_dropped():
 def test_saturation_equals_scikit_image_hsv():
     from skimage.color import rgb2hsv
 
-    from wsi_pipeline.tissue import hsv_saturation
+    from wsi_pipeline.tiling.tissue import hsv_saturation
 
     rgb = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     rgb[:4] = 0  # black: saturation 0, not a division by zero

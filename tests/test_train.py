@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wsi_pipeline import train as train_module
-from wsi_pipeline.datasets import open_patch_dataset, write_class_folders, write_pcam_split
-from wsi_pipeline.metrics import roc_auc
-from wsi_pipeline.model import Model, ModelCard
-from wsi_pipeline.train import CHECKPOINT_NAME, initial_module
-from wsi_pipeline.train_cli import main
+from wsi_pipeline.cli.train import main
+from wsi_pipeline.datasets.patches import open_patch_dataset, write_class_folders, write_pcam_split
+from wsi_pipeline.evaluation.metrics import roc_auc
+from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.training import train as train_module
+from wsi_pipeline.training.train import CHECKPOINT_NAME, initial_module
 
 DARK, LIGHT, MID = (90, 40, 120), (230, 180, 210), (170, 110, 160)  # purple, pale pink, in between
 TINY = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsi_pipeline import Heatmap, PatchGrid
-from wsi_pipeline.truth_eval import cell_tumour_fraction, evaluate_heatmap, summarise
+from wsi_pipeline.evaluation.truth import cell_tumour_fraction, evaluate_heatmap, summarise
 
 # ds = 1: one target pixel per level-0 pixel; cells are the 96 × 96 squares [96·col, 96·col + 96)
 GRID = PatchGrid(width0=960, height0=480, mpp0=1.0, target_mpp=1.0, patch_size=96, stride=96)

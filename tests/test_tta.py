@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from wsi_pipeline import read_heatmap
-from wsi_pipeline.blocks import read_block_patches
-from wsi_pipeline.cli import main
-from wsi_pipeline.grid import split_blocks
-from wsi_pipeline.model import Model
-from wsi_pipeline.run import parameter_differences
-from wsi_pipeline.slide import Slide
+from wsi_pipeline.cli.score import main
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.slide.reader import Slide
+from wsi_pipeline.store.metadata import parameter_differences
+from wsi_pipeline.tiling.grid import split_blocks
+from wsi_pipeline.tiling.patches import read_block_patches
 
 from .conftest import make_slide
 from .test_onnx_engine import tiny_model

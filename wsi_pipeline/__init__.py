@@ -11,50 +11,59 @@ The steps, each usable alone::
     heatmap = read_heatmap("results/slide.zarr")                 # arrays + geometry
     regions = find_regions(heatmap, threshold=0.5)               # tumour regions, measured
     summary = write_reports("results/slide.zarr")                # summary, QuPath GeoJSON, overlay
+
+Names are loaded when first used, so ``import wsi_pipeline`` is quick and reading a heatmap never loads torch.
 """
 
-from .blocks import cut_patches, read_block_patches
-from .device import resolve_device
-from .errors import InputError
-from .grid import Block, PatchGrid, split_blocks, tissue_fraction
-from .heatmap import Heatmap, read_heatmap
-from .model import Model, ModelCard, build_module, read_card, save_model
-from .regions import Region, find_regions
-from .reports import ReportOptions, write_reports
-from .run import ScoreOptions, SlideResult, dask_client, plan_grid, score_slide, score_slides
-from .slide import Slide
-from .tissue import TissueMask, detect_tissue
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "Block",
-    "Heatmap",
-    "InputError",
-    "Model",
-    "ModelCard",
-    "PatchGrid",
-    "Region",
-    "ReportOptions",
-    "ScoreOptions",
-    "Slide",
-    "SlideResult",
-    "TissueMask",
-    "__version__",
-    "build_module",
-    "cut_patches",
-    "dask_client",
-    "detect_tissue",
-    "find_regions",
-    "plan_grid",
-    "read_block_patches",
-    "read_card",
-    "read_heatmap",
-    "resolve_device",
-    "save_model",
-    "score_slide",
-    "score_slides",
-    "split_blocks",
-    "tissue_fraction",
-    "write_reports",
-]
+from wsi_pipeline.core.version import __version__
+
+# public name -> the module (below this package) that defines it
+_EXPORTS = {
+    "Block": "tiling.grid",
+    "Heatmap": "store.heatmap",
+    "InputError": "core.errors",
+    "Model": "model.predict",
+    "ModelCard": "model.card",
+    "PatchGrid": "tiling.grid",
+    "Region": "findings.regions",
+    "ReportOptions": "findings.reports",
+    "ScoreOptions": "scoring.options",
+    "Slide": "slide.reader",
+    "SlideResult": "scoring.options",
+    "TissueMask": "tiling.tissue",
+    "build_module": "model.architectures",
+    "cut_patches": "tiling.patches",
+    "dask_client": "scoring.cluster",
+    "detect_tissue": "tiling.tissue",
+    "find_regions": "findings.regions",
+    "find_slides": "slide.find",
+    "plan_grid": "tiling.grid",
+    "read_block_patches": "tiling.patches",
+    "read_card": "model.folder",
+    "read_heatmap": "store.heatmap",
+    "resolve_device": "model.device",
+    "save_model": "model.weights",
+    "score_slide": "scoring.api",
+    "score_slides": "scoring.api",
+    "split_blocks": "tiling.grid",
+    "tissue_fraction": "tiling.grid",
+    "write_reports": "findings.reports",
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsi_pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"wsi_pipeline.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -3,8 +3,7 @@
 World space is (y, x) µm. Level-0 pixel ``i`` covers ``[i·mpp, (i+1)·mpp)`` µm, so a slide layer has
 ``scale = mpp`` and ``translate = mpp/2`` (napari places a value at its pixel's centre). A heatmap cell sits
 at its patch's centre: ``scale = stride·target_mpp``, ``translate = patch/2·target_mpp``, as in the NGFF
-store. Region outlines are given in µm directly (layer scale 1).
-"""
+store. Region outlines are given in µm directly (layer scale 1)."""
 
 from __future__ import annotations
 
@@ -15,13 +14,14 @@ import dask.array as da
 import numpy as np
 from npe2.types import LayerData
 
-from ..heatmap import Heatmap
-from ..regions import Region, find_regions, tumour_class_index
-from ..scoring import SlideSource, worker_slide
-from ..slide import Slide
+from wsi_pipeline.findings.regions import Region, find_regions, tumour_class_index
+from wsi_pipeline.scoring.worker import SlideSource, worker_slide
+from wsi_pipeline.slide.reader import Slide
+from wsi_pipeline.store.heatmap import Heatmap
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
+
 
 UNITS = ("micrometer", "micrometer")
 AXES = ("y", "x")

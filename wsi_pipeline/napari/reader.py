@@ -1,7 +1,7 @@
 """npe2 reader: slide files as lazy multiscale RGB images; ``wsi-score`` heatmaps with regions and slide.
 
-Anything else (a foreign ``.zarr``, a TIFF without µm/px) is declined with ``None`` so other readers get it.
-"""
+Anything else (a foreign ``.zarr``, a TIFF without µm/px) is declined with ``None`` so other readers get
+it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 from npe2.types import LayerData, PathOrPaths, ReaderFunction
 
-from ..errors import InputError
-from ..heatmap import is_heatmap, read_heatmap
-from ..reports import DEFAULT_REPORTS, current_summary
-from ..slide import SLIDE_SUFFIXES, Slide
-from .layers import heatmap_layers, heatmap_name, slide_layer
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.findings.reports import DEFAULT_REPORTS, current_summary
+from wsi_pipeline.napari.layers import heatmap_layers, heatmap_name, slide_layer
+from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
+from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
 
 
 def read_heatmap_layers(path: str | Path) -> list[LayerData]:

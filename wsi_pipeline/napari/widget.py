@@ -28,13 +28,20 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ..heatmap import Heatmap, read_heatmap
-from ..model import DEFAULT_MODEL, bundled_models_dir
-from ..regions import find_regions, size_category
-from ..reports import DEFAULT_REPORTS
-from ..run import BlockWritten, ScoreOptions, SlidePlanned, SlideResult
-from .layers import HEATMAP_KEY, SLIDE_KEY, THRESHOLD_KEY, heatmap_layers, heatmap_name, update_regions
-from .scoring import score_events
+from wsi_pipeline.findings.regions import find_regions, size_category
+from wsi_pipeline.findings.reports import DEFAULT_REPORTS
+from wsi_pipeline.model.bundled import DEFAULT_MODEL, bundled_models_dir
+from wsi_pipeline.napari.layers import (
+    HEATMAP_KEY,
+    SLIDE_KEY,
+    THRESHOLD_KEY,
+    heatmap_layers,
+    heatmap_name,
+    update_regions,
+)
+from wsi_pipeline.napari.scoring import score_events
+from wsi_pipeline.scoring.options import BlockWritten, ScoreOptions, SlidePlanned, SlideResult
+from wsi_pipeline.store.heatmap import Heatmap, read_heatmap
 
 
 def bundled_model_names() -> list[str]:

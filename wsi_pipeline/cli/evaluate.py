@@ -1,0 +1,335 @@
+"""``wsi-eval``: measure a model on labelled patches, or heatmaps against annotated slides; print the results
+(and optionally save them).
+
+    wsi-eval DATA --model MODEL [--split test] [--tta] [--json R.json]
+    wsi-eval --heatmaps OUT_DIR_OR_ZARRS --truth TRUTH_DIR_OR_FILES [--truth-format auto|asap|geojson|mask]
+             [--mask-downsample N] [--missing-truth error|negative] [--threshold 0.5] [--json R.json]
+             [--froc-png froc.png]
+
+Heatmaps are matched to truth files by slide stem: <stem>.xml (ASAP / Camelyon16), <stem>.geojson or
+<stem>.truth.geojson (QuPath; wsi-synth), <stem>_mask.png|tif or <stem>.truth_mask.png (masks; downsample from
+the slide's size unless given). Slides results: slide AUC (slide score = max), cell AUC and Dice, the
+Camelyon16 lesion-level FROC, and the share of metastases > 0.5 mm detected."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.datasets.patches import open_patch_dataset
+from wsi_pipeline.evaluation.annotations import FORMATS, TumourRegions, find_truth, read_truth, truth_format
+from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
+from wsi_pipeline.evaluation.patches import evaluate_patches
+from wsi_pipeline.evaluation.plots import plot_froc
+from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
+from wsi_pipeline.model.device import resolve_device
+from wsi_pipeline.model.folder import record_metrics
+from wsi_pipeline.model.predict import Model
+from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wsi-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("data", nargs="?", help="labelled patches: PCam folder, Kaggle folder or class folders")
+    p.add_argument("--model", help="model folder (model.json + weights) or a bundled model's name")
+    p.add_argument("--split", default="test", help="PCam split to evaluate (default: test)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations of each patch")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--record", metavar="NAME", help="also store the metrics in the model's card, under metrics.NAME"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    slides = p.add_argument_group("heatmaps against annotations")
+    slides.add_argument("--heatmaps", nargs="+", type=Path, metavar="ZARR_OR_DIR", help="wsi-score heatmaps")
+    slides.add_argument("--truth", nargs="+", type=Path, metavar="FILE_OR_DIR", help="annotation files")
+    slides.add_argument("--truth-format", choices=["auto", *FORMATS], default="auto")
+    slides.add_argument(
+        "--truth-class", action="append", metavar="NAME", help="GeoJSON: keep this classification only"
+    )
+    slides.add_argument(
+        "--mask-downsample", type=float, help="level-0 px per mask px (default: from the slide's size)"
+    )
+    slides.add_argument(
+        "--missing-truth",
+        choices=["error", "negative"],
+        default="error",
+        help="a heatmap without a truth file: an error (default) or a slide without tumour",
+    )
+    slides.add_argument("--threshold", type=float, default=0.5, help="tumour probability for Dice and hits")
+    slides.add_argument(
+        "--detection-floor",
+        type=float,
+        default=DETECTION_FLOOR,
+        help=f"FROC detections: one per region of cells at least this (default {DETECTION_FLOOR})",
+    )
+    slides.add_argument("--froc-png", type=Path, help="also draw the FROC curve to this PNG")
+    return p
+
+
+def evaluate_input(args: argparse.Namespace) -> dict:
+    """Results for the input, by kind: {"kind", "data" (its description), ...}: patches add "model" and
+    "metrics"; slides (heatmaps against truth) add "slides" and "summary"."""
+    return evaluate_slides(args) if args.heatmaps is not None else evaluate_patch_data(args)
+
+
+def evaluate_patch_data(args: argparse.Namespace) -> dict:
+    model = Model(args.model, resolve_device(args.device))
+    with open_patch_dataset(args.data, split=args.split) as dataset:
+        metrics = evaluate_patches(model, dataset, args.batch_size, args.tta, show_progress=not args.quiet)
+        data = dataset.describe()
+    card = model.card
+    model_info = {
+        "name": card.name,
+        "architecture": card.architecture,
+        "folder": str(model.folder),
+        "weights_sha256": model.weights_sha256,
+    }
+    return {"kind": "patches", "data": data, "metrics": metrics, "model": model_info}
+
+
+def heatmap_stores(paths: list[Path]) -> list[Path]:
+    """Heatmap stores named or held (one level down) by ``paths``."""
+    stores = []
+    for path in paths:
+        if is_heatmap(path):
+            stores.append(path)
+        elif path.is_dir():
+            held = sorted(child for child in path.iterdir() if is_heatmap(child))
+            if not held:
+                raise InputError(path, "holds no wsi_pipeline heatmap")
+            stores += held
+        else:
+            problem = "no such file or folder" if not path.exists() else "not a wsi_pipeline heatmap"
+            raise InputError(path, problem)
+    return stores
+
+
+def match_truth(stores: list[Path], truth: list[Path], kind: str) -> dict[str, tuple[Path, Path | None]]:
+    """{slide stem: (heatmap, truth file or None)}; every truth file named explicitly must match a heatmap."""
+    files = []
+    for path in truth:
+        if not path.exists():
+            raise InputError(path, "no such file or folder")
+        files += sorted(child for child in path.iterdir() if child.is_file()) if path.is_dir() else [path]
+    pairs: dict[str, tuple[Path, Path | None]] = {}
+    for store in stores:
+        stem = store.name.removesuffix(".zarr")
+        if stem in pairs:
+            raise InputError(store, f"a second heatmap for slide {stem!r} (also {pairs[stem][0]})")
+        pairs[stem] = (store, find_truth(stem, files, kind))
+    matched = {file for _, file in pairs.values()}
+    for path in truth:
+        if path.is_file() and path not in matched:
+            raise InputError(path, "matches no heatmap (expected <slide stem>.xml, .geojson, _mask.png, ...)")
+    return pairs
+
+
+def evaluate_slides(args: argparse.Namespace) -> dict:
+    """Each heatmap against its truth file, and the summary over the set."""
+    pairs = match_truth(heatmap_stores(args.heatmaps), args.truth, args.truth_format)
+    missing = [stem for stem, (_, truth) in pairs.items() if truth is None]
+    if missing and args.missing_truth == "error":
+        raise InputError(
+            ", ".join(map(str, args.truth)),
+            f"no truth file for {', '.join(missing)} (--missing-truth negative: slides without tumour)",
+        )
+    slides, evaluations = [], []
+    for stem, (store, truth) in pairs.items():
+        heatmap = read_heatmap(store)
+        if not heatmap.complete:
+            raise InputError(store, "heatmap is incomplete (its scoring did not finish)")
+        grid = heatmap.grid
+        regions, kind = TumourRegions(), None
+        if truth is not None:
+            kind = truth_format(truth) if args.truth_format == "auto" else args.truth_format
+            size0 = (grid.width0, grid.height0)
+            regions = read_truth(truth, kind, args.truth_class, args.mask_downsample, size0)
+        evaluation = evaluate_heatmap(
+            heatmap,
+            regions.tumour,
+            args.threshold,
+            exclusions=regions.exclusions,
+            detection_floor=args.detection_floor,
+        )
+        evaluations.append(evaluation)
+        cells = evaluation["cell_truth"]
+        slides.append(
+            {
+                "slide": stem,
+                "heatmap": str(store),
+                "truth": None if truth is None else str(truth),
+                "truth_format": kind,
+                "tumour_polygons": len(regions.tumour),
+                "exclusion_polygons": len(regions.exclusions),
+                "cells": len(cells),
+                "tumour_cells": int(cells.sum()),
+                **{
+                    key: value
+                    for key, value in evaluation.items()
+                    if key not in ("cell_truth", "cell_scores")
+                },
+            }
+        )
+    settings = {
+        "threshold": args.threshold,
+        "detection_floor": args.detection_floor,
+        "missing_truth": args.missing_truth,
+    }
+    data = {"heatmaps": [str(path) for path in args.heatmaps], "truth": [str(path) for path in args.truth]}
+    return {
+        "kind": "slides",
+        "data": data,
+        "settings": settings,
+        "slides": slides,
+        "summary": summarise(evaluations),
+    }
+
+
+def write_json(path: Path, results: dict) -> None:
+    try:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    except OSError as error:
+        raise InputError(path, f"cannot be written ({error.strerror})") from None
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def format_patch_results(results: dict) -> str:
+    """A readable table of the metrics and the confusion matrix."""
+    metrics, data, model = results["metrics"], results["data"], results["model"]
+    rows = [
+        ("model", f"{model['name']} ({model['architecture']}) {model['folder']}"),
+        ("data", f"{data['format']}: {', '.join(data['paths'])}"),
+        ("patches", f"{metrics['n']}" + (" (8-fold TTA)" if metrics["tta"] else "")),
+        ("ROC AUC", _number(metrics["auc"])),
+        ("accuracy", _number(metrics["accuracy"])),
+        ("balanced accuracy", _number(metrics["balanced_accuracy"])),
+    ]
+    if "sensitivity" in metrics:
+        at = f"{metrics['positive_class']} ≥ {metrics['threshold']}"
+        rows += [
+            (f"sensitivity ({at})", _number(metrics["sensitivity"])),
+            ("specificity", _number(metrics["specificity"])),
+        ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    names = metrics["class_names"]
+    cell = max(6, *map(len, names), *(len(str(v)) for row in metrics["confusion_matrix"] for v in row))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+    lines.append(" " * (cell + 2) + "  ".join(f"{name:>{cell}}" for name in names))
+    for name, row in zip(names, metrics["confusion_matrix"], strict=True):
+        lines.append(f"{name:>{cell}}  " + "  ".join(f"{value:>{cell}}" for value in row))
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]], left: int) -> list[str]:
+    """The first ``left`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+
+
+def format_slide_results(results: dict) -> str:
+    """Per-slide table and the summary over the set."""
+    threshold, summary = results["settings"]["threshold"], results["summary"]
+    rows = []
+    for slide in results["slides"]:
+        found = slide["lesion_detection"]
+        truth = "none (negative)" if slide["truth"] is None else Path(slide["truth"]).name
+        rows.append(
+            [
+                slide["slide"],
+                truth,
+                "yes" if slide["slide_positive"] else "no",
+                f"{sum(p >= threshold for p in found['hits'])}/{found['lesions']}",
+                str(found["itc"]),
+                str(sum(p >= threshold for p in found["fps"])),
+                f"{slide['slide_score']:.4f}",
+                _number(slide["cell_auc"]),
+                _number(slide["dice"]),
+            ]
+        )
+    header = ["slide", "truth", "tumour", "lesions hit", "ITC", "FPs", "slide score", "cell AUC", "Dice"]
+    lines = [
+        *_table(header, rows, left=2),
+        f"(lesions hit and FPs: detections ≥ {threshold}; ITC are not counted)",
+        "",
+    ]
+    froc = summary["froc"]
+    summary_rows = [
+        ("slides", f"{summary['slides']} ({summary['positive_slides']} with tumour)"),
+        ("slide AUC (max)", _number(summary["slide_auc"])),
+        ("cell AUC", f"{_number(summary['cell_auc'])} ({summary['cells']} scored cells, pooled)"),
+        (f"Dice (≥ {threshold})", f"{_number(summary['dice'])} (pooled)"),
+        ("FROC score", "undefined (no lesion)" if froc is None else f"{froc['score']:.4f}"),
+    ]
+    if froc is not None:
+        at = "  ".join(f"{rate}: {value:.3f}" for rate, value in froc["sensitivity_at"].items())
+        summary_rows.append(("sensitivity at FPs/slide", at))
+    large = f"metastases > {summary['min_diameter_um'] / 1000:g} mm detected"
+    summary_rows.append((large, f"{summary['large_detected']}/{summary['large_metastases']}"))
+    width = max(len(name) for name, _ in summary_rows)
+    return "\n".join(lines + [f"{name:<{width}}  {value}" for name, value in summary_rows])
+
+
+def format_results(results: dict) -> str:
+    """A readable table of the results, by kind."""
+    return format_slide_results(results) if results["kind"] == "slides" else format_patch_results(results)
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One mode at a time, with what it needs (exits with a usage error otherwise)."""
+    if args.heatmaps is None:
+        if args.data is None or args.model is None:
+            p.error("give DATA and --model (patches), or --heatmaps and --truth (slides)")
+        if args.truth is not None or args.froc_png is not None:
+            p.error("--truth and --froc-png go with --heatmaps")
+    elif args.truth is None:
+        p.error("--heatmaps needs --truth")
+    elif args.data is not None or args.model is not None or args.record is not None:
+        p.error("DATA, --model and --record are for patches, not --heatmaps")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    check_arguments(p, args)
+    try:
+        results = evaluate_input(args)
+        if args.json is not None:
+            write_json(args.json, results)
+        if args.record:
+            command = " ".join(["wsi-eval", *(argv if argv is not None else sys.argv[1:])])
+            record_metrics(
+                Path(results["model"]["folder"]),
+                args.record,
+                {**results["metrics"], "data": results["data"], "command": command},
+            )
+        if args.froc_png is not None:
+            froc = results["summary"]["froc"]
+            if froc is None:
+                raise ValueError("FROC is undefined without a lesion to detect; no curve drawn")
+            plot_froc(froc, args.froc_png)
+    except (InputError, ValueError) as error:
+        print(f"wsi-eval: error: {error}", file=sys.stderr)
+        return 2
+    print(format_results(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""``wsi-score``: score slides (files or folders of slides) into OME-Zarr heatmaps, with per-slide reports
+(summary, QuPath GeoJSON, overlay picture) and a batch table ``OUT/slides.csv``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.findings.reports import ReportOptions
+from wsi_pipeline.findings.summary import answer_parts
+from wsi_pipeline.model.bundled import DEFAULT_MODEL
+from wsi_pipeline.model.predict import ENGINES
+from wsi_pipeline.scoring.api import score_slides
+from wsi_pipeline.scoring.cluster import SCHEDULERS_HELP
+from wsi_pipeline.scoring.ledger import BATCH_TABLE
+from wsi_pipeline.scoring.options import ScoreOptions
+from wsi_pipeline.slide.find import find_slides
+from wsi_pipeline.slide.reader import BACKENDS
+from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsi-score", description=__doc__)
+    p.add_argument("slides", nargs="+", help="slide files or folders of slides")
+    p.add_argument("-o", "--out", default="results", help="output folder (default: results)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model folder, WSInfer model folder, or a bundled model's name (default: {DEFAULT_MODEL}, "
+        "trained on synthetic data: for demonstration and testing, not for diagnosis)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="CPU engine: auto (the faster of torch and ONNX Runtime for this model, measured once and "
+        "cached), torch or onnxruntime; CUDA always runs torch",
+    )
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="slide reader")
+    p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
+    p.add_argument("--stride", type=int, help="target pixels between patches (default: the patch size)")
+    p.add_argument("--tissue-threshold", type=float, default=0.5, help="min tissue fraction to score a patch")
+    p.add_argument("--tissue-min-um2", type=float, default=MIN_TISSUE_UM2, help="drop smaller tissue specks")
+    p.add_argument("--tissue-max-hole-um2", type=float, default=MAX_HOLE_UM2, help="fill smaller holes")
+    p.add_argument(
+        "--block-cells",
+        type=int,
+        default=ScoreOptions.block_cells,
+        help=f"grid cells per block side: one read and one task each (default {ScoreOptions.block_cells})",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--tta", action="store_true", help="average each patch's 8 flips/rotations (8× the model's work)"
+    )
+    p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="score afresh slides whose heatmap exists (complete, partial, or made with other parameters); "
+        "without it, complete heatmaps are kept and partial ones resumed",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="tumour probability from which a cell is tumour (0.5)"
+    )
+    p.add_argument("--top-k", type=int, default=10, help="cells in the slide's top-k mean score (default 10)")
+    p.add_argument("--tile-table", action="store_true", help="also write <stem>.tiles.csv (one row per cell)")
+    p.add_argument(
+        "--geojson-tiles", action="store_true", help="also put every scored tile in the GeoJSON (detections)"
+    )
+    p.add_argument(
+        "--no-reports", action="store_true", help="no summary, GeoJSON or overlay (the batch table is kept)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a batch system's time limit, scancel) stops a run as Ctrl-C does: resumable, unlocked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    options = ScoreOptions(
+        stride=args.stride,
+        tissue_threshold=args.tissue_threshold,
+        tissue_min_um2=args.tissue_min_um2,
+        tissue_max_hole_um2=args.tissue_max_hole_um2,
+        block_cells=args.block_cells,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        device=args.device,
+        engine=args.engine,
+        backend=args.backend,
+        mpp=args.mpp,
+        overwrite=args.overwrite,
+    )
+    reports = ReportOptions(args.threshold, args.top_k, args.tile_table, args.geojson_tiles)
+    try:
+        options.validate()
+        reports.validate()
+        slides = find_slides(args.slides)
+        with _sigterm_interrupts():
+            results = score_slides(
+                slides,
+                args.model,
+                args.out,
+                options,
+                args.scheduler,
+                args.workers,
+                show_progress=not args.quiet,
+                reports=None if args.no_reports else reports,
+            )
+    except (InputError, ValueError) as error:
+        print(f"wsi-score: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wsi-score: interrupted; the blocks written are kept: run again to resume", file=sys.stderr)
+        return 130
+    for result in results:
+        if result.status == "failed":
+            print(f"wsi-score: error: {result.message}", file=sys.stderr)
+        elif result.status == "skipped":
+            print(f"skipped {result.slide}: {result.message}")
+        else:
+            note = f"; {result.message}" if result.message else ""
+            done = f"{result.patches} patches, {result.seconds:.1f} s{note}"
+            print(f"ok {result.slide} -> {result.heatmap} ({done})")
+        if result.summary is not None:
+            print("  " + "; ".join(answer_parts(result.summary)))
+    print(f"batch table: {Path(args.out) / BATCH_TABLE}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Foundations shared by every stage: errors, files (hashes, atomic writes), locks, polygons, progress."""

@@ -1,0 +1,1 @@
+"""Patch data sets on disk: PCam HDF5, Kaggle's layout, folders per class."""

@@ -1,0 +1,1 @@
+"""Evaluation: patch metrics, annotations as ground truth, Camelyon16 FROC, heatmaps against truth."""

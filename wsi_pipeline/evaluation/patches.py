@@ -1,0 +1,90 @@
+"""Patch-level evaluation of a model on labelled patches, with optional dihedral test-time augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from wsi_pipeline.core.progress import Progress
+from wsi_pipeline.datasets.patches import PatchDataset
+from wsi_pipeline.evaluation.metrics import (
+    accuracy,
+    balanced_accuracy,
+    confusion_matrix,
+    roc_auc,
+    sensitivity,
+    specificity,
+)
+from wsi_pipeline.model.predict import Model
+
+THRESHOLD = 0.5  # binary: predicted positive when the positive (last) class's probability is at least this
+
+
+def index_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive batches of ``indices``, each sorted (fast ordered reads from HDF5)."""
+    return [np.sort(indices[start : start + batch_size]) for start in range(0, len(indices), batch_size)]
+
+
+def read_batches(dataset: PatchDataset, batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``dataset.read_batch`` of each index batch in turn; the next batch is read on a thread meanwhile."""
+    with ThreadPoolExecutor(1) as reader:
+        pending = [reader.submit(dataset.read_batch, batch) for batch in batches[:1]]
+        for next_batch in [*batches[1:], None]:
+            result = pending.pop().result()
+            if next_batch is not None:
+                pending.append(reader.submit(dataset.read_batch, next_batch))
+            yield result
+
+
+def _defined(value: float) -> float | None:
+    return None if np.isnan(value) else value
+
+
+def patch_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    """AUC, accuracy, balanced accuracy, confusion matrix (rows true, columns predicted) and n; for two
+    classes also sensitivity and specificity at ``THRESHOLD``. A metric the labels leave undefined (AUC of one
+    class, sensitivity without positives) is None."""
+    binary = len(class_names) == 2
+    predictions = (probs[:, 1] >= THRESHOLD).astype(np.int64) if binary else probs.argmax(axis=1)
+    confusion = confusion_matrix(labels, predictions, len(class_names))
+    try:
+        auc: float | None = roc_auc(labels, probs)
+    except ValueError:
+        auc = None
+    metrics = {
+        "n": len(labels),
+        "auc": auc,
+        "accuracy": accuracy(confusion),
+        "balanced_accuracy": balanced_accuracy(confusion),
+    }
+    if binary:
+        metrics |= {
+            "sensitivity": _defined(sensitivity(confusion)),
+            "specificity": _defined(specificity(confusion)),
+            "threshold": THRESHOLD,
+            "positive_class": class_names[1],
+        }
+    return metrics | {"class_names": list(class_names), "confusion_matrix": confusion.tolist()}
+
+
+def evaluate_patches(
+    model: Model, dataset: PatchDataset, batch_size: int = 256, tta: bool = False, show_progress: bool = False
+) -> dict:
+    """Metrics of ``model`` on every patch of ``dataset`` (see :func:`patch_metrics`), read in batches."""
+    if list(model.card.class_names) != list(dataset.class_names):
+        raise ValueError(
+            f"model classes {model.card.class_names} differ from data classes {dataset.class_names}"
+        )
+    probs, labels = [], []
+    progress = Progress(len(dataset), "evaluating") if show_progress else None
+    for patches, batch_labels in read_batches(dataset, index_batches(np.arange(len(dataset)), batch_size)):
+        probs.append(model.predict(patches, tta=tta))
+        labels.append(batch_labels)
+        if progress is not None:
+            progress.update(len(patches))
+    if progress is not None:
+        progress.close()
+    metrics = patch_metrics(np.concatenate(labels), np.concatenate(probs), dataset.class_names)
+    return metrics | {"tta": tta}

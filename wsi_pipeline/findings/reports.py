@@ -1,0 +1,103 @@
+"""A slide's reports beside its heatmap ``OUT/<stem>.zarr``:
+
+- ``<stem>.summary.json``: slide-level answers and the tumour regions (``summary``);
+- ``<stem>.geojson``: the regions (optionally every scored tile) for QuPath (``qupath.py``);
+- ``<stem>.overlay.png``: thumbnail, heatmap, colour bar and region outlines (``overlay.py``);
+- ``<stem>.tiles.csv`` (optional): one row per grid cell (``tables``).
+
+Each file is replaced atomically, and the summary is written last: a summary naming the heatmap's run, the
+threshold and k asked for means the set is complete."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.files import write_atomically
+from wsi_pipeline.findings.geojson import qupath_geojson
+from wsi_pipeline.findings.overlay import write_overlay
+from wsi_pipeline.findings.regions import find_regions
+from wsi_pipeline.findings.summary import SCHEMA_VERSION, slide_summary
+from wsi_pipeline.findings.tables import write_tile_table
+from wsi_pipeline.store.heatmap import read_heatmap, read_metadata
+
+SUFFIXES = {
+    "summary": ".summary.json",
+    "geojson": ".geojson",
+    "overlay": ".overlay.png",
+    "tiles": ".tiles.csv",
+}
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the reports contain."""
+
+    threshold: float = 0.5  # a cell is tumour when its tumour probability is at least this
+    top_k: int = 10  # the slide's top-k mean is over its k highest cells
+    tile_table: bool = False  # also write <stem>.tiles.csv
+    geojson_tiles: bool = False  # also put every scored tile in the GeoJSON, as a detection
+
+    def validate(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be between 0 and 1")
+        if self.top_k < 1:
+            raise ValueError("top-k must be at least 1")
+
+
+DEFAULT_REPORTS = ReportOptions()
+
+
+def report_paths(heatmap_path: str | Path) -> dict[str, Path]:
+    """The report files that belong to a heatmap ``<stem>.zarr``, by kind."""
+    heatmap_path = Path(heatmap_path)
+    return {kind: heatmap_path.with_name(heatmap_path.stem + suffix) for kind, suffix in SUFFIXES.items()}
+
+
+def write_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptions()) -> dict:
+    """Write a complete heatmap's reports beside it; return the summary."""
+    options.validate()
+    heatmap = read_heatmap(heatmap_path)
+    if not heatmap.complete:
+        raise InputError(heatmap_path, "heatmap is not complete (its scoring did not finish); score again")
+    paths = report_paths(heatmap_path)
+    regions = find_regions(heatmap, options.threshold)
+    summary = slide_summary(heatmap, regions, options.threshold, options.top_k, heatmap_path)
+    summary["geojson_tiles"] = options.geojson_tiles
+    geojson = qupath_geojson(heatmap, regions, tiles=options.geojson_tiles)
+    write_atomically(paths["geojson"], json.dumps(geojson, allow_nan=False))
+    write_atomically(paths["overlay"], lambda path: write_overlay(path, heatmap, regions, summary))
+    if options.tile_table:
+        write_tile_table(paths["tiles"], heatmap)
+    text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    write_atomically(paths["summary"], text)
+    return summary
+
+
+def current_summary(heatmap_path: str | Path, options: ReportOptions | None = None) -> dict | None:
+    """The summary beside a heatmap if it was made from this run of the heatmap; with ``options``, only if it
+    was also made with them and every file they ask for is there. ``None`` otherwise."""
+    paths = report_paths(heatmap_path)
+    try:
+        summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    finished = read_metadata(heatmap_path).get("finished")
+    if summary.get("schema_version") != SCHEMA_VERSION or summary["heatmap"]["finished"] != finished:
+        return None
+    if options is None:
+        return summary
+    wanted = ["geojson", "overlay"] + (["tiles"] if options.tile_table else [])
+    same = (summary["threshold"], summary["top_k"], summary["geojson_tiles"]) == (
+        options.threshold,
+        options.top_k,
+        options.geojson_tiles,
+    )
+    return summary if same and all(paths[kind].is_file() for kind in wanted) else None
+
+
+def ensure_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptions()) -> dict:
+    """The heatmap's summary, writing its reports first unless they are there and current."""
+    return current_summary(heatmap_path, options) or write_reports(heatmap_path, options)

@@ -1,0 +1,106 @@
+"""Slide-level answers from a heatmap and its tumour regions: the ``<stem>.summary.json`` record."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from wsi_pipeline.core.version import __version__
+from wsi_pipeline.findings.regions import (
+    ITC_MAX_MM,
+    MICRO_MAX_MM,
+    Region,
+    size_category,
+    tumour_class_index,
+    tumour_scores,
+)
+from wsi_pipeline.store.heatmap import Heatmap
+
+SCHEMA = "wsi_pipeline.summary"
+SCHEMA_VERSION = 1
+CATEGORY_NOTE = (
+    f"research estimate from the heatmap, not a diagnosis: nodal size rules applied to the longest diameter "
+    f"of the largest predicted region (isolated tumour cells <= {ITC_MAX_MM} mm, micrometastasis <= "
+    f"{MICRO_MAX_MM} mm, macrometastasis > {MICRO_MAX_MM} mm); the cell-count criterion is not assessed"
+)
+
+
+def top_k_mean(scores: np.ndarray, k: int) -> tuple[float | None, int]:
+    """Mean of the ``k`` highest finite scores (of all of them when fewer) and how many that was."""
+    finite = scores[np.isfinite(scores)]
+    top = np.sort(finite)[::-1][:k]
+    return (float(top.mean()) if len(top) else None), len(top)
+
+
+def answer_parts(summary: dict) -> list[str]:
+    """A summary's answers in words: slide score, regions and tumour area, category of the largest region."""
+    maximum, largest = summary["max_probability"], summary["largest_diameter_mm"]
+    return [
+        f"max tumour probability {'n/a' if maximum is None else f'{maximum:.3f}'}",
+        f"{summary['region_count']} region(s) >= {summary['threshold']} "
+        f"({summary['tumour_area_mm2']:.3f} mm²)",
+        f"largest {'none' if largest is None else f'{largest:.2f} mm'}: {summary['category']} "
+        "(research estimate, not a diagnosis)",
+    ]
+
+
+def region_record(number: int, region: Region) -> dict:
+    """A region's measurements (units in the key names), numbered from 1."""
+    return {
+        "id": number,
+        "category": region.category,
+        "cells": region.cells,
+        "area_mm2": round(region.area_mm2, 8),
+        "diameter_mm": round(region.diameter_mm, 4),
+        "centroid_level0": [round(v, 2) for v in region.centroid_level0],
+        "bbox_level0": [round(v, 2) for v in region.bbox_level0],
+        "peak_probability": round(region.peak_probability, 6),
+        "mean_probability": round(region.mean_probability, 6),
+    }
+
+
+def slide_summary(
+    heatmap: Heatmap, regions: list[Region], threshold: float, top_k: int, heatmap_path: str | Path
+) -> dict:
+    """The summary record of one slide (``regions`` as ``find_regions(heatmap, threshold)`` gives them)."""
+    grid, meta = heatmap.grid, heatmap.metadata
+    scores = tumour_scores(heatmap)
+    cell_area_mm2 = (grid.cell_um / 1000) ** 2
+    scored = int(np.isfinite(scores).sum())
+    top_mean, top_cells = top_k_mean(scores, top_k)
+    largest = regions[0].diameter_mm if regions else None
+    slide = meta.get("slide", {})
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "package_version": __version__,
+        "heatmap": {"path": str(heatmap_path), "finished": meta.get("finished")},
+        "slide": {key: slide.get(key) for key in ("path", "sha256", "width0", "height0", "mpp")},
+        "model": {key: meta.get("model", {}).get(key) for key in ("name", "weights_sha256")},
+        "tumour_class": heatmap.class_names[tumour_class_index(heatmap.class_names)],
+        "threshold": threshold,
+        "threshold_rule": "a scored cell is tumour when its tumour probability >= threshold",
+        "top_k": top_k,
+        "top_k_cells": top_cells,
+        "cell_size_um": round(grid.cell_um, 4),
+        "cell_area_mm2": round(cell_area_mm2, 8),
+        "resolution_note": (
+            f"sizes are counted in whole heatmap cells of {grid.cell_um:.1f} µm (stride × target µm/px): "
+            "areas are multiples of the cell area and diameters run between cell corners"
+        ),
+        "scored_cells": scored,
+        "tumour_cells": sum(region.cells for region in regions),
+        "max_probability": round(float(np.nanmax(scores)), 6) if scored else None,
+        "top_k_mean": round(top_mean, 6) if top_mean is not None else None,
+        "tissue_area_mm2": round(scored * cell_area_mm2, 8),
+        "tissue_area_basis": "scored cells × cell area",
+        "tumour_area_mm2": round(sum(region.area_mm2 for region in regions), 8),
+        "region_count": len(regions),
+        "largest_diameter_mm": round(largest, 4) if largest is not None else None,
+        "category": size_category(largest),
+        "category_note": CATEGORY_NOTE,
+        "regions": [region_record(number, region) for number, region in enumerate(regions, start=1)],
+    }

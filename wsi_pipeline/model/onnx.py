@@ -1,0 +1,107 @@
+"""ONNX Runtime as a CPU engine: a model's torch module exported to ONNX once (cached), run in a session with
+the process's thread budget.
+
+Exports are kept in the user's cache folder (``cache_dir``) under a key made of the weights' sha256, what the
+module is built from, and the exporter's versions; they are written atomically, so processes loading the same
+model at once never see half a file. ``Model`` (predict.py) checks every session against torch before using it
+and keeps torch when the two differ or anything here fails."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_pipeline.core.files import write_atomically
+
+CACHE_ENV = "WSI_PIPELINE_CACHE"  # overrides the cache folder
+OPSET = 17
+
+
+def cache_dir() -> Path:
+    """``$WSI_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/wsi_pipeline``, else ``~/.cache/wsi_pipeline``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsi_pipeline"
+
+
+def export_key(identity: dict) -> str:
+    """Cache key of an export: ``identity`` (weights sha256 and what builds the module) plus the versions of
+    the exporter (torch, onnx) and the opset."""
+    import onnx
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET}
+    text = json.dumps({**identity, **versions}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def export_onnx(module: torch.nn.Module, input_shape: tuple[int, int, int]) -> bytes:
+    """The ONNX model of a CPU module taking float NCHW input of ``input_shape`` (C, H, W), any batch size,
+    giving logits."""
+    example = torch.zeros((2, *input_shape))
+    buffer = io.BytesIO()
+    # the TorchScript-based exporter: the only one before torch 2.5, and an option (dynamo=False) since
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            **legacy,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def cached_export(module: torch.nn.Module, input_shape: tuple[int, int, int], key: str) -> tuple[bytes, Path]:
+    """The export of ``module`` from the cache, made (and stored, when the cache folder is writable) on a
+    miss; and the cache file's path."""
+    path = cache_dir() / "onnx" / f"{key}.onnx"
+    if path.is_file():
+        return path.read_bytes(), path
+    data = export_onnx(module, input_shape)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, data)
+    except OSError as error:
+        warnings.warn(f"cannot cache the ONNX export in {path.parent} ({error})", UserWarning, stacklevel=2)
+    return data, path
+
+
+class OnnxEngine:
+    """An ONNX Runtime CPU session computing logits from normalised float NCHW input."""
+
+    def __init__(self, model: bytes, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.threads = threads
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {"input": np.ascontiguousarray(x.numpy())})
+        return torch.from_numpy(logits)
+
+
+def choice_path(key: str, threads: int) -> Path:
+    """Where the measured engine choice for an export is kept: per ONNX Runtime version, thread count and
+    machine."""
+    import onnxruntime
+
+    machine = f"{platform.machine()}-{os.cpu_count()}cpu"
+    return cache_dir() / "engine" / f"{key}-ort{onnxruntime.__version__}-{machine}-{threads}t.json"

@@ -1,0 +1,206 @@
+"""A loaded model scoring uint8 patches in batches, on torch or (CPU) ONNX Runtime, chosen by measurement."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_pipeline.core.errors import InputError, summarise_error
+from wsi_pipeline.core.files import file_sha256, write_atomically
+from wsi_pipeline.model import onnx as onnx_engine
+from wsi_pipeline.model.bundled import resolve_model_folder
+from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.device import inference_context
+from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.model.tta import dihedral
+from wsi_pipeline.model.weights import load_module
+
+ENGINES = ("auto", "torch", "onnxruntime")
+ONNX_TOLERANCE = 1e-3  # largest |Δ probability| between ONNX Runtime and torch that the load check accepts
+CHECK_PATCHES = 8  # random patches of the load check
+TIMING_PATCHES, TIMING_ROUNDS = 64, 5  # the engine race of ``auto`` (best of the rounds, alternating)
+
+
+class Model:
+    """A loaded model on a device, scoring uint8 RGB patches in batches with one of ``ENGINES``.
+
+    ``auto`` runs torch on CUDA (float16 autocast, channels_last). On the CPU it runs whichever of torch and
+    ONNX Runtime scored a small batch faster, measured once per model and machine and cached
+    (``onnx_engine``); ``onnxruntime`` asks for ONNX Runtime on the CPU. An ONNX Runtime session is used only
+    after it gave the same probabilities as torch (within ``ONNX_TOLERANCE``) on random patches; when it does
+    not, or ONNX Runtime is missing or the export fails, the model warns and runs torch. ``engine`` says which
+    runs.
+
+    The default is torch. Scoring runs choose once, in the client, with ``choose_engine`` and give every
+    worker that choice: ``auto``'s race can differ between processes with different thread counts, and a
+    heatmap must not depend on the scheduler.
+
+    Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
+    """
+
+    def __init__(self, folder: str | Path, device: torch.device, engine: str = "torch") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if engine == "onnxruntime" and device.type != "cpu":
+            raise ValueError(f"the onnxruntime engine runs on the CPU, not {device}")
+        self.folder = resolve_model_folder(folder)
+        self.card = read_card(self.folder)
+        self.weights_path = self.folder / self.card.weights
+        self.weights_sha256 = file_sha256(self.weights_path)
+        self.device = device
+        module = load_module(self.weights_path, self.card)
+        self.module = module.eval().to(device, memory_format=torch.channels_last)
+        # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
+        self._scale, self._shift = normalisation(self.card, device)
+        self.engine = "torch"
+        self._logits: Callable[[torch.Tensor], torch.Tensor] = self._torch_logits
+        if device.type == "cpu" and engine != "torch":
+            self._try_onnxruntime(measure=engine == "auto")
+
+    def predict(self, patches: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+        """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3), resized (bilinear,
+        antialiased) to the card's ``input_size`` when that differs from H × W; with ``tta``, the mean over
+        the 8 flips and rotations of each patch (8× the compute)."""
+        out = np.empty((len(patches), len(self.card.class_names)), np.float32)
+        views = range(8) if tta else (0,)
+        for start in range(0, len(patches), batch_size):
+            batch = patches[start : start + batch_size]
+            x = self._inputs(batch)
+            probs = sum(self._probabilities(dihedral(x, k)) for k in views) / len(views)
+            out[start : start + len(batch)] = probs.cpu().numpy()
+        return out
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(x)
+        if logits.shape[1:] != (self.card.n_outputs,):
+            problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
+            raise InputError(self.weights_path, problem)
+        return probabilities(logits, self.card.output)
+
+    @property
+    def input_side(self) -> int:
+        """Side of the square input the module takes."""
+        return self.card.input_size or self.card.patch_size
+
+    def _inputs(self, patches: np.ndarray) -> torch.Tensor:
+        """Normalised float NCHW (a view of NHWC memory: channels_last) on the device, at ``input_side``."""
+        batch = torch.from_numpy(np.ascontiguousarray(patches))
+        x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
+        x = x.permute(0, 3, 1, 2)
+        side = self.input_side
+        if x.shape[-2:] != (side, side):
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+        return x
+
+    def _torch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with inference_context(self.device):
+            return self.module(x).float()
+
+    def _random_inputs(self, n: int) -> torch.Tensor:
+        side = self.card.patch_size
+        return self._inputs(np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8))
+
+    def _try_onnxruntime(self, measure: bool) -> None:
+        """Switch to an ONNX Runtime session that agrees with torch (and, when ``measure``, is the faster);
+        warn and keep torch when there is none."""
+        card, side, path = self.card, self.input_side, None
+        try:
+            identity = {
+                "weights_sha256": self.weights_sha256,
+                "architecture": card.architecture,
+                "architecture_args": card.architecture_args,
+                "weights_format": card.weights_format,
+                "outputs": card.n_outputs,
+                "side": side,
+            }
+            key = onnx_engine.export_key(identity)
+            # one intra-op thread per Dask worker, as torch there (its workers set OMP_NUM_THREADS=1)
+            threads = torch.get_num_threads()
+            choice = onnx_engine.choice_path(key, threads)
+            known = faster_engine(choice) if measure else "onnxruntime"
+            if known == "torch":
+                return
+            data, path = onnx_engine.cached_export(self.module, (3, side, side), key)
+            engine = onnx_engine.OnnxEngine(data, threads)
+            x = self._random_inputs(CHECK_PATCHES)
+            reference, result = (probabilities(run(x), card.output) for run in (self._torch_logits, engine))
+            difference = float((reference - result).abs().max())
+            if not difference <= ONNX_TOLERANCE:
+                raise ValueError(
+                    f"it differs from torch by up to {difference:.2g} (tolerance {ONNX_TOLERANCE:g})"
+                )
+        except Exception as error:  # not installed, export or session failed, or wrong numbers
+            if path is not None:
+                path.unlink(missing_ok=True)  # a fresh export next time
+            message = f"{self.folder}: ONNX Runtime not used, scoring with torch ({type(error).__name__}: "
+            warnings.warn(message + f"{summarise_error(error)})", UserWarning, stacklevel=3)
+            return
+        if (known or self._race(engine, choice)) == "onnxruntime":
+            self.engine, self._logits = "onnxruntime", engine
+
+    def _race(self, engine: onnx_engine.OnnxEngine, choice: Path) -> str:
+        """The engine that scores ``TIMING_PATCHES`` faster (best of ``TIMING_ROUNDS``, alternating), with the
+        times stored in ``choice``."""
+        runs = {"torch": self._torch_logits, "onnxruntime": engine}
+        x = self._random_inputs(TIMING_PATCHES)
+        seconds = dict.fromkeys(runs, math.inf)
+        for run in runs.values():
+            run(x)  # first-call overheads
+        for _ in range(TIMING_ROUNDS):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(x)
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
+        with contextlib.suppress(OSError):
+            choice.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(choice, json.dumps({**seconds, "patches": TIMING_PATCHES}))
+        return min(seconds, key=seconds.get)
+
+
+def choose_engine(folder: str | Path, engine: str = "auto") -> str:
+    """The CPU engine (torch or onnxruntime) a scoring run's workers are to use: ``engine`` unless it is
+    ``auto``, which loads the model on the CPU with one torch thread (as each Dask worker has) and takes the
+    engine it picks (measured once per model and machine, then cached). Runs on CUDA use torch regardless."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if engine != "auto":
+        return engine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Model(folder, torch.device("cpu"), "auto").engine
+    finally:
+        torch.set_num_threads(threads)
+
+
+def faster_engine(choice: Path) -> str | None:
+    """The faster engine by the times stored in ``choice``; None when there are none."""
+    try:
+        seconds = json.loads(choice.read_text())
+        return "onnxruntime" if seconds["onnxruntime"] < seconds["torch"] else "torch"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def normalisation(card: ModelCard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel that take uint8 values to the card's normalised input in one multiply-add:
+    ``x · 1/(255 std) − mean/std``."""
+    std = torch.tensor(card.std, device=device)
+    return 1.0 / (255.0 * std), -torch.tensor(card.mean, device=device) / std
+
+
+def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Class probabilities (N, classes) from logits: one sigmoid logit for the last of two classes, else
+    softmax."""
+    if output == "sigmoid":
+        positive = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)

@@ -1,0 +1,87 @@
+"""The batch table ``OUT/slides.csv``: one row per slide, replaced on re-runs, the others kept."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wsi_pipeline.core.files import write_atomically
+from wsi_pipeline.findings.tables import write_csv
+
+if TYPE_CHECKING:
+    from wsi_pipeline.scoring.options import SlideResult
+
+
+BATCH_TABLE = "slides.csv"
+BATCH_COLUMNS = (
+    "slide",  # absolute path: the key of the table
+    "status",  # ok, skipped (heatmap already complete) or failed
+    "reason",
+    "max_probability",  # the slide score
+    "top_k",
+    "top_k_mean",
+    "tumour_area_mm2",
+    "largest_diameter_mm",
+    "category",  # research estimate, not a diagnosis
+    "patches_scored",
+    "seconds",
+    "model_name",
+    "weights_sha256",
+    "heatmap",
+    "finished",
+)
+
+
+def batch_row(result: SlideResult, metadata: dict | None) -> dict:
+    """A slide's row of the batch table from its result, its summary (if any) and its heatmap's metadata."""
+    summary, metadata = result.summary or {}, metadata or {}
+    model = metadata.get("model", {})
+    return {
+        "slide": str(Path(result.slide).resolve()),
+        "status": result.status,
+        "reason": result.message,
+        **{
+            key: summary.get(key)
+            for key in (
+                "max_probability",
+                "top_k",
+                "top_k_mean",
+                "tumour_area_mm2",
+                "largest_diameter_mm",
+                "category",
+            )
+        },
+        "patches_scored": metadata.get("patches_scored", result.patches),
+        "seconds": round(metadata.get("seconds", result.seconds), 3),
+        "model_name": model.get("name"),
+        "weights_sha256": model.get("weights_sha256"),
+        "heatmap": result.heatmap,
+        "finished": metadata.get("finished", datetime.now(timezone.utc).isoformat()),
+    }
+
+
+def _cell(value: object) -> object:
+    return "" if value is None else value
+
+
+def read_batch_table(path: str | Path) -> dict[str, dict]:
+    """The rows of a batch table by slide path (empty when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as file:
+        return {row["slide"]: row for row in csv.DictReader(file)}
+
+
+def update_batch_table(out_dir: str | Path, rows: Iterable[dict]) -> Path:
+    """Add or replace (by slide path) rows of ``out_dir/slides.csv``, keeping the other rows and the order."""
+    path = Path(out_dir) / BATCH_TABLE
+    table = read_batch_table(path)
+    for row in rows:
+        table[row["slide"]] = row
+    lines = ([_cell(row.get(key)) for key in BATCH_COLUMNS] for row in table.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, lambda partial: write_csv(partial, BATCH_COLUMNS, lines))

@@ -1,0 +1,82 @@
+"""Options, events and results of a scoring run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsi_pipeline.model.predict import ENGINES
+from wsi_pipeline.tiling.grid import Block
+from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Parameters of a scoring run (the model card fixes patch size and µm/px)."""
+
+    stride: int | None = None  # target pixels between cells; None = the model's patch size
+    tissue_threshold: float = 0.5  # minimum tissue fraction of a patch for it to be scored
+    tissue_mpp: float = TISSUE_MPP
+    tissue_min_um2: float = MIN_TISSUE_UM2  # tissue objects smaller than this are dropped
+    tissue_max_hole_um2: float = MAX_HOLE_UM2  # holes in tissue smaller than this are filled
+    block_cells: int = 16  # block side in grid cells (smaller blocks: shorter tail when workers finish)
+    batch_size: int = 256
+    tta: bool = False  # mean over the 8 flips/rotations of each patch (8× the model's work)
+    device: str = "auto"
+    engine: str = "auto"  # CPU engine: auto (the faster, measured once per model and machine) or a name
+    backend: str = "auto"
+    mpp: float | None = None  # overrides the slide's µm/px
+    overwrite: bool = False  # score afresh over an existing heatmap (complete, partial, or other parameters)
+
+    def validate(self) -> None:
+        if self.stride is not None and self.stride < 1:
+            raise ValueError("stride must be at least 1 pixel")
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            raise ValueError("tissue threshold must be between 0 and 1")
+        if self.block_cells < 1 or self.batch_size < 1:
+            raise ValueError("block size and batch size must be positive")
+        if self.mpp is not None and self.mpp <= 0:
+            raise ValueError("mpp must be positive")
+        if self.tissue_mpp <= 0 or self.tissue_min_um2 < 0 or self.tissue_max_hole_um2 < 0:
+            raise ValueError("tissue µm/px must be positive and tissue areas not negative")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide of a batch."""
+
+    slide: Path
+    status: str  # "ok", "skipped", "failed" or "cancelled"
+    heatmap: Path | None = None
+    message: str = ""
+    patches: int = 0
+    seconds: float = 0.0
+    summary: dict | None = None  # the slide's summary record (findings.reports), when there is one
+
+
+@dataclass(frozen=True)
+class SlidePlanned:
+    """Event: a slide's heatmap is open (new, or partial and resumed) and its blocks are to be scored."""
+
+    slide: Path
+    heatmap: Path
+    patches: int  # patches this run scores
+    blocks_kept: int  # blocks an earlier run wrote
+
+
+@dataclass(frozen=True)
+class BlockWritten:
+    """Event: a block's probabilities ``(classes, n_rows, n_cols)`` are in the heatmap store (and marked)."""
+
+    slide: Path
+    heatmap: Path
+    block: Block
+    probabilities: np.ndarray
+    patches: int
+
+
+ScoringEvent = SlidePlanned | BlockWritten

@@ -1,0 +1,238 @@
+"""The heatmap store: an OME-NGFF 0.5 Zarr v3 group written block by block, and reading it back.
+
+Layout of ``<stem>.zarr``::
+
+    zarr.json        ome.multiscales (axes c, y, x in micrometer), omero channel names, wsi_pipeline metadata
+    0/, 1/, ...      class probabilities (c, y, x) float32 per grid cell; NaN where no tissue was scored
+    labels/tissue/0, 1, ...   uint8 per grid cell: 1 = tissue (scored), 0 = background (never scored)
+    blocks_done/     uint8 per block of cells (one 1-byte chunk each): 1 once the block's scores are on disk
+
+A heatmap is written under an exclusive lock file ``<stem>.zarr.lock`` beside it (``FileLock``).
+
+Each value sits at the centre of its cell's patch: level 0 has ``scale = stride * target_mpp`` µm and
+``translation = patch_size / 2 * target_mpp`` µm, measured from the slide's top-left corner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.store.ngff import NGFF_VERSION, halve, level_shapes, multiscales
+from wsi_pipeline.tiling.grid import Block, PatchGrid
+
+META_KEY = "wsi_pipeline"
+DONE_ARRAY = "blocks_done"
+_COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),)
+
+
+def _create_array(group: zarr.Group, name: str, **kwargs: object) -> zarr.Array:
+    """A compressed array whose dimension names are the NGFF axes (``c, y, x`` or ``y, x``)."""
+    shape = kwargs["data"].shape if "data" in kwargs else kwargs["shape"]
+    names = ("c", "y", "x")[-len(shape) :]
+    return group.create_array(name, dimension_names=names, **{"compressors": _COMPRESSORS, **kwargs})
+
+
+def _sync_chunk(array: zarr.Array, chunk_coords: tuple[int, ...]) -> None:
+    """Flush a chunk just written to a local store to the disk (other stores hold it once written)."""
+    store = array.store
+    if isinstance(store, LocalStore):
+        fd = os.open(store.root / array.path / array.metadata.encode_chunk_key(chunk_coords), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class HeatmapWriter:
+    """Creates the store (or reopens a partial one), takes blocks of scores as they finish, records each block
+    as done once its scores are on disk, and marks the heatmap complete at the end."""
+
+    def __init__(
+        self, path: str | Path, grid: PatchGrid, class_names: list[str], block_cells: int, metadata: dict
+    ) -> None:
+        root = zarr.open_group(path, mode="w", zarr_format=3)
+        rows, cols = grid.shape
+        chunk = (min(block_cells, max(rows, 1)), min(block_cells, max(cols, 1)))
+        _create_array(
+            root,
+            "0",
+            shape=(len(class_names), rows, cols),
+            chunks=(len(class_names), *chunk),
+            dtype="float32",
+            fill_value=np.nan,
+        )
+        labels = root.create_group("labels")
+        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["tissue"]}
+        tissue_group = labels.create_group("tissue")
+        _create_array(tissue_group, "0", shape=(rows, cols), chunks=chunk, dtype="uint8", fill_value=0)
+        _create_array(
+            root,
+            DONE_ARRAY,
+            shape=(-(-rows // chunk[0]), -(-cols // chunk[1])),
+            chunks=(1, 1),
+            dtype="uint8",
+            fill_value=0,
+            compressors=None,
+        )
+        metadata = {
+            **metadata,
+            "grid": grid.to_dict(),
+            "class_names": class_names,
+            "devices": [],
+            "engines": [],
+            "complete": False,
+        }
+        self._bind(Path(path), root, metadata)
+        self.root.attrs.update(self._ome_attrs(class_names, n_levels=1))
+        self.tissue_group.attrs.update(self._tissue_attrs(n_levels=1))
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> HeatmapWriter:
+        """The writer of a partial heatmap, to add the blocks it lacks."""
+        root = zarr.open_group(path, mode="r+")
+        if DONE_ARRAY not in root:
+            raise InputError(path, "partial heatmap keeps no record of its finished blocks; --overwrite")
+        writer = cls.__new__(cls)
+        writer._bind(Path(path), root, dict(root.attrs[META_KEY]))
+        return writer
+
+    def _bind(self, path: Path, root: zarr.Group, metadata: dict) -> None:
+        self.path, self.root, self.metadata = path, root, metadata
+        self.grid = PatchGrid(**metadata["grid"])
+        self._shapes = level_shapes(self.grid.shape)
+        self.probabilities = root["0"]
+        self.tissue_group = root["labels/tissue"]
+        self.tissue = self.tissue_group["0"]
+        self.done = root[DONE_ARRAY]
+        self._written = self.done[...].astype(bool)
+
+    def _block_index(self, block: Block) -> tuple[int, int]:
+        rows, cols = self.probabilities.chunks[1:]
+        return block.row0_grid // rows, block.col0_grid // cols
+
+    def is_written(self, block: Block) -> bool:
+        """Whether a block's scores are in the store (from this run or an earlier one)."""
+        return bool(self._written[self._block_index(block)])
+
+    def record(self, **metadata: object) -> None:
+        """Update the run metadata in the store."""
+        self.metadata.update(metadata)
+        self.root.attrs.update({META_KEY: self.metadata})
+
+    def note_runner(self, device: str, engine: str) -> None:
+        """Record the device and engine that scored blocks (all of them, kept across resumed runs)."""
+        seen = {key: self.metadata.get(key, []) for key in ("devices", "engines")}
+        if device not in seen["devices"] or engine not in seen["engines"]:
+            self.record(
+                devices=sorted({*seen["devices"], device}), engines=sorted({*seen["engines"], engine})
+            )
+
+    def _ome_attrs(self, class_names: list[str], n_levels: int) -> dict:
+        channels = [
+            {"label": name, "active": i == len(class_names) - 1} for i, name in enumerate(class_names)
+        ]
+        for channel in channels:
+            channel["window"] = {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
+        ome = {
+            "version": NGFF_VERSION,
+            "multiscales": multiscales("probabilities", self.grid, n_levels, with_channel=True),
+            "omero": {"channels": channels},
+        }
+        return {"ome": ome, META_KEY: self.metadata}
+
+    def _tissue_attrs(self, n_levels: int) -> dict:
+        return {
+            "ome": {
+                "version": NGFF_VERSION,
+                "multiscales": multiscales("tissue", self.grid, n_levels, with_channel=False),
+                "image-label": {
+                    "version": NGFF_VERSION,
+                    "colors": [{"label-value": 1, "rgba": [0, 160, 0, 255]}],
+                    "source": {"image": "../../"},
+                },
+            }
+        }
+
+    def write_tissue(self, tissue_cells: np.ndarray) -> None:
+        self.tissue[...] = tissue_cells.astype(np.uint8)
+
+    def write_block(self, block: Block, probabilities: np.ndarray) -> None:
+        """Store a block's (classes, n_rows, n_cols) probabilities, one chunk (blocks are aligned to chunks),
+        then mark the block done: each chunk is written atomically, and the scores are flushed to the disk
+        first, so a block marked done always has its scores."""
+        self.probabilities[(slice(None), *block.cells)] = probabilities
+        index = self._block_index(block)
+        _sync_chunk(self.probabilities, (0, *index))
+        self.done[index] = 1
+        self._written[index] = True
+
+    def finalise(self, **metadata: object) -> None:
+        """Build the coarser levels, then mark the heatmap complete (last, so a crash never claims it)."""
+        probabilities, tissue = self.probabilities[...], self.tissue[...]
+        for level in range(1, len(self._shapes)):
+            probabilities, tissue = halve(probabilities, "nanmean"), halve(tissue, "max")
+            _create_array(
+                self.root, str(level), data=probabilities, chunks=probabilities.shape, overwrite=True
+            )
+            _create_array(self.tissue_group, str(level), data=tissue, chunks=tissue.shape, overwrite=True)
+        self.tissue_group.attrs.update(self._tissue_attrs(len(self._shapes)))
+        self.metadata.update(metadata, complete=True)
+        self.root.attrs.update(self._ome_attrs(self.metadata["class_names"], len(self._shapes)))
+
+
+@dataclass
+class Heatmap:
+    """A heatmap read back: arrays at grid resolution (level 0) and the geometry to place them."""
+
+    probabilities: np.ndarray  # float32 (classes, rows, cols), NaN where not scored
+    tissue: np.ndarray  # bool (rows, cols)
+    grid: PatchGrid
+    class_names: list[str]
+    metadata: dict
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.metadata.get("complete"))
+
+
+def is_heatmap(path: str | Path) -> bool:
+    """Whether ``path`` is a Zarr group written by this package."""
+    try:
+        return META_KEY in zarr.open_group(path, mode="r").attrs
+    except Exception:
+        return False
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The run metadata of a heatmap store (no arrays are read)."""
+    if not is_heatmap(path):
+        raise InputError(path, "not a wsi_pipeline heatmap (no Zarr group with wsi_pipeline metadata)")
+    return dict(zarr.open_group(path, mode="r").attrs[META_KEY])
+
+
+def read_heatmap(path: str | Path) -> Heatmap:
+    """Read a heatmap store written by ``wsi-score``."""
+    metadata = read_metadata(path)
+    root = zarr.open_group(path, mode="r")
+    return Heatmap(
+        probabilities=root["0"][...],
+        tissue=root["labels/tissue/0"][...].astype(bool),
+        grid=PatchGrid(**metadata["grid"]),
+        class_names=list(metadata["class_names"]),
+        metadata=metadata,
+    )
+
+
+def remove_heatmap(path: str | Path) -> None:
+    """Delete a heatmap store; refuses anything that is not one, so user data is never removed."""
+    if not is_heatmap(path):
+        raise InputError(path, "exists and is not a wsi_pipeline heatmap; not overwriting it")
+    shutil.rmtree(path)

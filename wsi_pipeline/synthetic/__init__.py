@@ -1,0 +1,1 @@
+"""Synthetic H&E-like slides with known metastases, written as pyramidal SVS, and PCam-format patch sets."""

@@ -1,0 +1,1 @@
+"""The ``wsi-train`` recipe: augmentation and the training loop."""
