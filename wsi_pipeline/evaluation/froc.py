@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label, regionprops
 
+from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.evaluation.annotations import TumourRegions
 from wsi_pipeline.store.heatmap import Heatmap
 
@@ -146,12 +147,12 @@ def froc_score(slides: Sequence[dict], rates: Sequence[float] = FP_RATES) -> dic
 
 
 def heatmap_detections(
-    heatmap: Heatmap, floor: float = DETECTION_FLOOR, positive: int = -1
+    heatmap: Heatmap, floor: float = DETECTION_FLOOR
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections (x, y level-0 px, probability) of a heatmap: one per 8-connected region of scored cells
     whose tumour probability is at least ``floor``, at the centre of its highest cell (the first in row-major
     order on ties) with that cell's probability."""
-    scores = heatmap.probabilities[positive].astype(np.float64)
+    scores = heatmap.probabilities[tumour_class_index(heatmap.class_names)].astype(np.float64)
     regions, _ = ndimage.label(heatmap.tissue & (np.nan_to_num(scores, nan=-1.0) >= floor), np.ones((3, 3)))
     cells = np.flatnonzero(regions)  # row-major
     region, value = regions.ravel()[cells], scores.ravel()[cells]

@@ -103,11 +103,11 @@ def _binary_recalls(confusion: np.ndarray) -> np.ndarray:
     return recalls(confusion)
 
 
-def sensitivity(confusion: np.ndarray) -> float:
-    """Binary: recall of the positive (last) class; NaN without positives."""
-    return float(_binary_recalls(confusion)[1])
+def sensitivity(confusion: np.ndarray, positive: int = 1) -> float:
+    """Binary: recall of the positive class (index ``positive``); NaN without positives."""
+    return float(_binary_recalls(confusion)[positive])
 
 
-def specificity(confusion: np.ndarray) -> float:
-    """Binary: recall of the negative (first) class; NaN without negatives."""
-    return float(_binary_recalls(confusion)[0])
+def specificity(confusion: np.ndarray, positive: int = 1) -> float:
+    """Binary: recall of the negative class (the one that is not ``positive``); NaN without negatives."""
+    return float(_binary_recalls(confusion)[1 - positive])

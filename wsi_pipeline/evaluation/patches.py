@@ -7,11 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.core.progress import Progress
 from wsi_pipeline.datasets.patches import PatchDataset
 from wsi_pipeline.evaluation.metrics import (
     accuracy,
     balanced_accuracy,
+    binary_roc_auc,
     confusion_matrix,
     roc_auc,
     sensitivity,
@@ -19,7 +21,7 @@ from wsi_pipeline.evaluation.metrics import (
 )
 from wsi_pipeline.model.predict import Model
 
-THRESHOLD = 0.5  # binary: predicted positive when the positive (last) class's probability is at least this
+THRESHOLD = 0.5  # binary: predicted tumour when the tumour class's probability is at least this
 
 
 def index_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -47,10 +49,17 @@ def patch_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str])
     classes also sensitivity and specificity at ``THRESHOLD``. A metric the labels leave undefined (AUC of one
     class, sensitivity without positives) is None."""
     binary = len(class_names) == 2
-    predictions = (probs[:, 1] >= THRESHOLD).astype(np.int64) if binary else probs.argmax(axis=1)
+    tumour = tumour_class_index(class_names)
+    if binary:  # tumour against the other class, whichever index the model gives tumour
+        predictions = np.where(probs[:, tumour] >= THRESHOLD, tumour, 1 - tumour)
+    else:
+        predictions = probs.argmax(axis=1)
     confusion = confusion_matrix(labels, predictions, len(class_names))
     try:
-        auc: float | None = roc_auc(labels, probs)
+        if binary:
+            auc: float | None = binary_roc_auc(np.asarray(labels) == tumour, probs[:, tumour])
+        else:
+            auc = roc_auc(labels, probs)
     except ValueError:
         auc = None
     metrics = {
@@ -61,10 +70,10 @@ def patch_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str])
     }
     if binary:
         metrics |= {
-            "sensitivity": _defined(sensitivity(confusion)),
-            "specificity": _defined(specificity(confusion)),
+            "sensitivity": _defined(sensitivity(confusion, tumour)),
+            "specificity": _defined(specificity(confusion, tumour)),
             "threshold": THRESHOLD,
-            "positive_class": class_names[1],
+            "positive_class": class_names[tumour],
         }
     return metrics | {"class_names": list(class_names), "confusion_matrix": confusion.tolist()}
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.core.polygons import max_diameter, points_in_polygons
 from wsi_pipeline.evaluation.annotations import TumourRegions
 from wsi_pipeline.evaluation.froc import (
@@ -72,7 +73,6 @@ def evaluate_heatmap(
     heatmap: Heatmap,
     polygons: Sequence[np.ndarray],
     threshold: float = 0.5,
-    positive: int = -1,
     exclusions: Sequence[np.ndarray] = (),
     detection_floor: float = DETECTION_FLOOR,
 ) -> dict:
@@ -80,10 +80,10 @@ def evaluate_heatmap(
     metastases were found, and the lesion-level matching of the heatmap's detections (``lesion_detection``,
     see :func:`wsi_pipeline.froc.match_detections`).
 
-    ``positive`` indexes the tumour class among the heatmap's classes (default: the last).
+    The tumour class is chosen by :func:`wsi_pipeline.core.classes.tumour_class_index`, as everywhere.
     """
     grid = heatmap.grid
-    scores = heatmap.probabilities[positive]
+    scores = heatmap.probabilities[tumour_class_index(heatmap.class_names)]
     scored = heatmap.tissue & np.isfinite(scores)
     fraction = cell_tumour_fraction(grid, polygons, exclusions)
     tumour_cells, predicted = fraction >= 0.5, scored & (np.nan_to_num(scores, nan=0.0) >= threshold)
@@ -115,7 +115,7 @@ def evaluate_heatmap(
         "missed_tumour_cells": int((tumour_cells & ~scored).sum()),  # tumour the tissue mask left out
         "metastases": metastases,
         "lesion_detection": match_detections(
-            lesions, *heatmap_detections(heatmap, detection_floor, positive)
+            lesions, *heatmap_detections(heatmap, detection_floor)
         ),
     }
 

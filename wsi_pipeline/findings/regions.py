@@ -15,11 +15,11 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage.measure import find_contours
 
+from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.core.polygons import max_diameter, signed_area
 from wsi_pipeline.store.heatmap import Heatmap
 from wsi_pipeline.tiling.grid import PatchGrid
 
-TUMOUR_NAMES = ("tumour", "tumor")
 # Nodal metastasis size categories by the largest dimension (AJCC: ITC ≤ 0.2 mm, micrometastasis > 0.2 mm
 # and ≤ 2 mm, macrometastasis > 2 mm). The cell-count criterion (> 200 cells) cannot be read from a heatmap.
 ITC_MAX_MM = 0.2
@@ -44,12 +44,6 @@ class Region:
     @property
     def category(self) -> str:
         return size_category(self.diameter_mm)
-
-
-def tumour_class_index(class_names: list[str]) -> int:
-    """Index of the class named tumour/tumor (any case), else the last class."""
-    names = [name.lower() for name in class_names]
-    return next((i for i, name in enumerate(names) if name in TUMOUR_NAMES), len(class_names) - 1)
 
 
 def size_category(diameter_mm: float | None) -> str:

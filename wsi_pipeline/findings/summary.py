@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.core.version import __version__
 from wsi_pipeline.findings.regions import (
     ITC_MAX_MM,
     MICRO_MAX_MM,
     Region,
     size_category,
-    tumour_class_index,
     tumour_scores,
 )
 from wsi_pipeline.store.heatmap import Heatmap

@@ -14,7 +14,8 @@ import dask.array as da
 import numpy as np
 from npe2.types import LayerData
 
-from wsi_pipeline.findings.regions import Region, find_regions, tumour_class_index
+from wsi_pipeline.core.classes import tumour_class_index
+from wsi_pipeline.findings.regions import Region, find_regions
 from wsi_pipeline.scoring.worker import SlideSource, worker_slide
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import Heatmap
