@@ -15,6 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PCAM_MPP = 0.972  # PCam patches: level 2 of Camelyon16 slides scanned at ~0.243 µm/px
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # torch.save'd state dicts, read weights-only
 WEIGHTS_FORMATS = ("state_dict", "torchscript")
+ENGINES = ("auto", "torch", "onnxruntime")  # CPU engines Model runs (predict.py); auto: the faster
 
 
 @dataclass

@@ -17,13 +17,12 @@ from wsi_pipeline.core.errors import InputError, summarise_error
 from wsi_pipeline.core.files import file_sha256, write_atomically
 from wsi_pipeline.model import onnx as onnx_engine
 from wsi_pipeline.model.bundled import resolve_model_folder
-from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.card import ENGINES, ModelCard
 from wsi_pipeline.model.device import inference_context
 from wsi_pipeline.model.folder import read_card
 from wsi_pipeline.model.tta import dihedral
 from wsi_pipeline.model.weights import load_module
 
-ENGINES = ("auto", "torch", "onnxruntime")
 ONNX_TOLERANCE = 1e-3  # largest |Δ probability| between ONNX Runtime and torch that the load check accepts
 CHECK_PATCHES = 8  # random patches of the load check
 TIMING_PATCHES, TIMING_ROUNDS = 64, 5  # the engine race of ``auto`` (best of the rounds, alternating)

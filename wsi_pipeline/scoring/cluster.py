@@ -8,13 +8,12 @@ from collections.abc import Iterator
 
 import dask
 
+from wsi_pipeline.scoring.options import SCHEDULERS_HELP
+
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
 # fixing that threshold turns off glibc's adaptive mmap threshold, and torch's large per-batch buffers then
 # cost a page-fault storm (measured: the model ran 25-45% slower inside workers).
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
-SCHEDULERS_HELP = (
-    "local (worker processes sized to the machine), threads (one in-process worker), tcp://HOST:PORT"
-)
 
 
 @contextlib.contextmanager

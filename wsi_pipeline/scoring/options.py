@@ -7,9 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.model.predict import ENGINES
+from wsi_pipeline.model.card import ENGINES
 from wsi_pipeline.tiling.grid import Block
 from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP
+
+SCHEDULERS_HELP = (  # the schedulers cluster.dask_client starts or joins
+    "local (worker processes sized to the machine), threads (one in-process worker), tcp://HOST:PORT"
+)
 
 
 @dataclass(frozen=True)

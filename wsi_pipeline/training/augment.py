@@ -7,11 +7,11 @@ All strengths at 0 leave the batch unchanged (up to float rounding in the colour
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
 from wsi_pipeline.model.tta import dihedral
+from wsi_pipeline.training.config import AugmentConfig
 
 # Ruifrok & Johnston (2001) optical-density vectors of haematoxylin, eosin and DAB (rows), as in scikit-image.
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -19,26 +19,6 @@ HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, as torchvision's grayscale
 RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 MIN_INTENSITY = 1e-6  # floor before the logarithm of optical density
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation strengths; 0 (or ``dihedral=False``) switches a transform off."""
-
-    dihedral: bool = field(default=True, metadata={"help": "random flips and 90° rotations"})
-    brightness: float = field(default=0.2, metadata={"help": "multiply by U(1 - b, 1 + b)"})
-    contrast: float = field(default=0.2, metadata={"help": "scale about the mean grey by U(1 - c, 1 + c)"})
-    saturation: float = field(default=0.2, metadata={"help": "scale away from grey by U(1 - s, 1 + s)"})
-    hue: float = field(default=0.0, metadata={"help": "rotate the chroma by U(-h, h) turns"})
-    hed_scale: float = field(default=0.05, metadata={"help": "scale each stain by U(1 - a, 1 + a)"})
-    hed_shift: float = field(default=0.05, metadata={"help": "add U(-b, b) to each stain (optical density)"})
-
-    def validate(self) -> None:
-        for name in ("brightness", "contrast", "saturation", "hed_scale", "hed_shift"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"augmentation {name} must be in [0, 1), not {getattr(self, name)}")
-        if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"augmentation hue must be in [0, 0.5], not {self.hue}")
 
 
 def random_dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -18,7 +18,7 @@ import math
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -39,52 +39,12 @@ from wsi_pipeline.model.card import PCAM_MPP, ModelCard
 from wsi_pipeline.model.device import inference_context
 from wsi_pipeline.model.predict import normalisation, probabilities
 from wsi_pipeline.model.weights import save_model
-from wsi_pipeline.training.augment import AugmentConfig, augment
+from wsi_pipeline.training.augment import augment
+from wsi_pipeline.training.config import AugmentConfig, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 HUB_TIMEOUT_S = 3.0  # how long to wait for the model hub before training without pretrained weights
-
-
-@dataclass
-class TrainConfig:
-    """The training recipe: everything that decides the weights, given the data and the seed."""
-
-    architecture: str = "efficientnet_b0"  # a timm model name, or "compact_cnn"
-    architecture_args: dict = field(default_factory=dict)  # e.g. {"depth": 4, "width": 16} for compact_cnn
-    pretrained: bool = True  # start from ImageNet weights when timm can fetch them
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3  # peak learning rate of the one-cycle schedule
-    weight_decay: float = 1e-2
-    patience: int = 3  # stop after this many epochs without a better validation AUC (ties: lower loss)
-    accumulate: int = 1  # batches per optimiser step
-    seed: int = 0
-    max_train_samples: int | None = None  # patches drawn per epoch (default: all)
-    max_val_samples: int | None = None  # a fixed random subset of the validation data (default: all)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def validate(self) -> None:
-        positive = (
-            "epochs",
-            "batch_size",
-            "lr",
-            "patience",
-            "accumulate",
-            "max_train_samples",
-            "max_val_samples",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, not {value}")
-        if self.architecture != "compact_cnn" and not timm.is_model(self.architecture):
-            raise ValueError(
-                f"architecture {self.architecture!r} is neither compact_cnn nor a timm model name"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be at least 0, not {self.weight_decay}")
-        self.augment.validate()
 
 
 def epoch_generators(
