@@ -26,6 +26,12 @@ def test_cmu_sample_opens_with_its_mpp_on_both_backends():
     assert Slide(CMU_SLIDE).backend == "tiffslide"  # auto picks the faster reader for SVS
 
 
+def test_synthetic_slides_say_so_and_real_ones_do_not(pyramid):
+    for backend in ("openslide", "tiffslide"):
+        with Slide(pyramid / "pyramid.svs", backend) as synthetic, Slide(CMU_SLIDE, backend) as real:
+            assert synthetic.synthetic and not real.synthetic
+
+
 def test_mpp_override_wins():
     assert Slide(CMU_SLIDE, mpp=0.25).mpp == 0.25
 

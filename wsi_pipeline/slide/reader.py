@@ -22,6 +22,9 @@ BACKENDS = ("auto", "openslide", "tiffslide")
 # Formats tiffslide reads well (and faster than openslide, see benchmarks); openslide takes the rest.
 TIFFSLIDE_SUFFIXES = {".svs", ".tif", ".tiff"}
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"}
+# The Aperio description field by which slides this package synthesises say so (openslide and tiffslide
+# both read it as the property ``aperio.Synthetic``).
+SYNTHETIC_MARK = "Synthetic = wsi_pipeline"
 _MPP_TOLERANCE = 0.01  # relative difference allowed between mpp-x and mpp-y
 # A level up to 5% coarser than asked for is still used (then upsampled by at most 5%): a 40× scan at
 # 0.25 µm/px reads PCam's 0.972 µm/px from its 4× level (1.0 µm/px), not 16× more pixels at level 0.
@@ -72,6 +75,8 @@ class Slide:
         except Exception as error:
             raise InputError(self.path, f"not a readable slide ({type(error).__name__}: {error})") from None
         self.mpp = float(mpp) if mpp is not None else self._mpp_from(properties)
+        # written by this package's synthetic-slide writer (not real tissue)
+        self.synthetic = str(properties.get("aperio.Synthetic", "")).strip() == "wsi_pipeline"
 
     def _mpp_from(self, properties: dict) -> float:
         values = []

@@ -270,10 +270,12 @@ def make_scene(
     seed: int,
     n_metastases: int | None = None,
     metastasis_diameter_um: tuple[float, float] = (30.0, 3000.0),
+    at_capsule: bool = False,
 ) -> HEScene:
     """A random lymph-node-like scene: 1-3 tissue islands covering about a third of the slide, lymphoid areas,
     fibrous areas, and ``n_metastases`` metastases (default: 0-4 at random) with diameters drawn
-    log-uniformly from ``metastasis_diameter_um`` (capped at what fits), each wholly inside one island."""
+    log-uniformly from ``metastasis_diameter_um`` (capped at what fits), each wholly inside one island; with
+    ``at_capsule``, each touches its island's rim from inside, as metastases in the subcapsular sinus do."""
     rng = np.random.default_rng(seed)
     um = 1 / mpp  # level-0 pixels per µm
     n_islands = int(rng.integers(1, 4))
@@ -289,6 +291,12 @@ def make_scene(
     def point_in(island: Blob, fraction: float) -> tuple[float, float]:
         theta = rng.uniform(0, 2 * np.pi)
         r = island.radius_at(np.array([theta]))[0] * np.sqrt(rng.uniform(0, 1)) * fraction
+        return island.x_level0 + r * np.cos(theta), island.y_level0 + r * np.sin(theta)
+
+    def rim_point(island: Blob, radius: float) -> tuple[float, float]:
+        """A centre from which a blob of ``radius`` reaches to within 10% of its radius from the rim."""
+        theta = rng.uniform(0, 2 * np.pi)
+        r = island.radius_at(np.array([theta]))[0] - radius * 1.1
         return island.x_level0 + r * np.cos(theta), island.y_level0 + r * np.sin(theta)
 
     lymphoid, stroma = [], []
@@ -309,7 +317,9 @@ def make_scene(
         diameter_um = np.exp(rng.uniform(low, high))
         for _ in range(100):  # places for a metastasis of this size
             island = islands[int(rng.integers(len(islands)))]
-            blob = _random_blob(rng, *point_in(island, 0.85), diameter_um / 2 * um, rng.uniform(0.2, 0.9))
+            radius = diameter_um / 2 * um
+            centre = rim_point(island, radius) if at_capsule else point_in(island, 0.85)
+            blob = _random_blob(rng, *centre, radius, rng.uniform(0.2, 0.9))
             if _inside(island, blob) and not any(_touching(blob, other) for other in metastases):
                 metastases.append(blob)
                 break

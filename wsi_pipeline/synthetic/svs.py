@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 import tifffile
 
+from wsi_pipeline.slide.reader import SYNTHETIC_MARK
+
 WHITE = (255, 255, 255)
 _APERIO = "Aperio Image Library v12.0.0"
 
@@ -128,6 +130,7 @@ def write_slide(
         a * r != b or r < 2 or tile % r for (a, b), r in zip(steps, ratios, strict=True)
     ):
         raise ValueError("downsamples must start at 1 and grow by integer factors that divide the tile size")
+    marks = f"|{SYNTHETIC_MARK}"  # says it is no real tissue
     header = f"{_APERIO}\r\n{width0}x{height0} [0,0 {width0}x{height0}] ({tile}x{tile})"
     mpp_field = f"|MPP = {mpp}" if mpp is not None else ""
     options = {
@@ -156,7 +159,7 @@ def write_slide(
                 shape=(height, width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
-                description=f"{header}{level_text} JPEG/RGB Q={quality}|AppMag = 20{mpp_field}",
+                description=f"{header}{level_text} JPEG/RGB Q={quality}|AppMag = 20{mpp_field}{marks}",
                 **options,
             )
             if index == 0:  # Aperio's second page is a stripped thumbnail
