@@ -63,7 +63,9 @@ def main() -> None:
 
     start = time.perf_counter()
     options = ScoreOptions(stride=args.stride, overwrite=True)
-    results = score_slides(paths, args.model, out_dir, options, n_workers=args.workers, show_progress=False)
+    results = score_slides(
+        paths, args.model, out_dir, options=options, n_workers=args.workers, show_progress=False
+    )
     seconds = time.perf_counter() - start
     per_slide = []
     for result in results:

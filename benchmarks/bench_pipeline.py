@@ -49,9 +49,9 @@ from wsi_pipeline.model.predict import Model
 from wsi_pipeline.model.weights import save_model
 from wsi_pipeline.scoring import worker as scoring
 from wsi_pipeline.scoring.api import score_slides
-from wsi_pipeline.scoring.batch import model_source
 from wsi_pipeline.scoring.cluster import WORKER_ENVIRONMENT, dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, SlideResult
+from wsi_pipeline.scoring.planning import model_source
 from wsi_pipeline.scoring.worker import ModelSource
 from wsi_pipeline.slide import reader as slide_io
 from wsi_pipeline.slide.reader import NEAREST_TOLERANCE, Slide
@@ -187,7 +187,14 @@ def pipeline_cold(
     """``score_slides`` starting and stopping its own cluster, as ``wsi-score`` does."""
     load, start = OtherLoad(), time.perf_counter()
     results = score_slides(
-        [slide], folder, out_dir, options, "local", workers, show_progress=False, reports=None
+        [slide],
+        folder,
+        out_dir,
+        options=options,
+        scheduler="local",
+        n_workers=workers,
+        show_progress=False,
+        reports=None,
     )
     seconds = time.perf_counter() - start
     return PipelineRun(_checked(results), seconds, [], set(), load.cores(), set())
@@ -217,13 +224,13 @@ def pipeline_warm(
     (run by its engine) loaded on every worker: the median of ``repeats`` calls (each into a fresh folder),
     with the workers' peak RSS over all of them."""
     runs = []
-    with dask_client("local", workers) as client:
+    with dask_client(scheduler="local", n_workers=workers) as client:
         _checked(
             score_slides(
                 [warmup],
                 folder,
                 out_dir / "warm-up",
-                options,
+                options=options,
                 client=client,
                 show_progress=False,
                 reports=None,
@@ -245,7 +252,7 @@ def pipeline_warm(
                         [run.slide],
                         folder,
                         out_dir / f"{index}-{repeat}",
-                        run_options,
+                        options=run_options,
                         client=client,
                         show_progress=False,
                         reports=None,
@@ -262,7 +269,7 @@ def pipeline_warm(
 
 
 def worker_env(base: dict[str, str]) -> dict[str, str]:
-    """``base`` plus what ``dask_client("local")`` sets for its worker processes."""
+    """``base`` plus what ``dask_client(scheduler="local")`` sets for its worker processes."""
     return {**base, **{key: str(value) for key, value in WORKER_ENVIRONMENT.items()}}
 
 

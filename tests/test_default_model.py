@@ -38,7 +38,7 @@ def test_finds_metastases_on_held_out_slides(tmp_path, client):
         path = tmp_path / f"heldout_{index}.svs"
         write_synthetic_slide(path, make_scene(4000, 3000, 0.5, 500 + index, n_metastases, (250, 600)))
         paths.append(path)
-    results = score_slides(paths, DEFAULT_MODEL, tmp_path / "out", ScoreOptions(), client=client)
+    results = score_slides(paths, DEFAULT_MODEL, tmp_path / "out", options=ScoreOptions(), client=client)
     evaluations = [evaluate_heatmap(read_heatmap(r.heatmap), read_truth_polygons(r.slide)) for r in results]
     positive, negative = evaluations
     assert [m["detected"] for m in positive["metastases"]] == [True, True]

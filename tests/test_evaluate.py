@@ -23,7 +23,7 @@ from wsi_pipeline.model.predict import Model
 from wsi_pipeline.model.weights import save_model
 from wsi_pipeline.store.heatmap import HeatmapWriter
 
-from .conftest import make_slide
+from .conftest import heatmap_record, make_slide
 from .test_annotations import qupath_feature, square
 from .test_train import DARK, LIGHT, MID, colour_patches
 
@@ -178,7 +178,7 @@ ASAP = """<?xml version="1.0"?>
 
 
 def write_heatmap(folder: Path, stem: str, tumour: np.ndarray) -> Path:
-    writer = HeatmapWriter(folder / f"{stem}.zarr", GRID, ["normal", "tumour"], 16, {"slide": {"path": stem}})
+    writer = HeatmapWriter(folder / f"{stem}.zarr", GRID, ["normal", "tumour"], 16, heatmap_record(GRID, stem))
     writer.write_tissue(np.ones(GRID.shape, bool))
     writer.write_block(Block(0, 0, *GRID.shape), np.stack([1 - tumour, tumour]).astype(np.float32))
     writer.finalise()
@@ -286,7 +286,12 @@ def test_slides_mode_on_a_slide_scored_by_the_probe(tmp_path, capsys, probe_mode
     dark = (300.0, 290.0, 650.0, 640.0)  # level-0 px at 0.972 µm/px: one target pixel each
     make_slide(tmp_path / "s.svs", 1152, 960, 0.972, [dark])
     result = score_slide(
-        tmp_path / "s.svs", probe_model, tmp_path / "out", client, ScoreOptions(), show_progress=False
+        tmp_path / "s.svs",
+        probe_model,
+        tmp_path / "out",
+        client=client,
+        options=ScoreOptions(),
+        show_progress=False,
     )
     polygon = {"type": "Polygon", "coordinates": [square(*dark)]}
     (tmp_path / "s.geojson").write_text(json.dumps(qupath_feature(polygon, "Tumor")))

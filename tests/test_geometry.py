@@ -61,7 +61,7 @@ def test_dark_regions_light_up_their_cells(tmp_path, probe_model, client, mpp, d
     scene = make_slide(tmp_path / "s.svs", width0, height0, mpp, dark_level0, downsamples)
     options = ScoreOptions(stride=stride, block_cells=5, backend=backend)
     result = score_slide(
-        tmp_path / "s.svs", probe_model, tmp_path / "out", client, options, show_progress=False
+        tmp_path / "s.svs", probe_model, tmp_path / "out", client=client, options=options, show_progress=False
     )
     heatmap = read_heatmap(result.heatmap)
     grid = heatmap.grid
@@ -86,7 +86,7 @@ def test_dark_regions_light_up_their_cells(tmp_path, probe_model, client, mpp, d
     assert heatmap.tissue[in_tissue].all() and not heatmap.tissue[off_tissue].any()
     assert np.isnan(heatmap.probabilities[:, ~heatmap.tissue]).all()
     assert np.isfinite(heatmap.probabilities[:, heatmap.tissue]).all()
-    assert heatmap.metadata["patches_scored"] == int(heatmap.tissue.sum())
+    assert heatmap.metadata.patches_scored == int(heatmap.tissue.sum())
 
 
 def test_openslide_and_tiffslide_give_the_same_heatmap(tmp_path, probe_model, client):
@@ -96,7 +96,14 @@ def test_openslide_and_tiffslide_give_the_same_heatmap(tmp_path, probe_model, cl
     heatmaps = []
     for backend in ("openslide", "tiffslide"):
         options = ScoreOptions(backend=backend, block_cells=4)
-        result = score_slide(tmp_path / "s.svs", probe_model, tmp_path / backend, client, options, False)
+        result = score_slide(
+            tmp_path / "s.svs",
+            probe_model,
+            tmp_path / backend,
+            client=client,
+            options=options,
+            show_progress=False,
+        )
         heatmaps.append(read_heatmap(result.heatmap))
     np.testing.assert_array_equal(heatmaps[0].tissue, heatmaps[1].tissue)
     np.testing.assert_allclose(heatmaps[0].probabilities, heatmaps[1].probabilities, atol=1e-6)
@@ -106,6 +113,8 @@ def test_background_cells_are_never_given_to_the_model(tmp_path, probe_model, cl
     make_slide(tmp_path / "s.svs", 2600, 2200, 0.5, [])
     scored = count_patches(monkeypatch)
     options = ScoreOptions(block_cells=4)
-    result = score_slide(tmp_path / "s.svs", probe_model, tmp_path / "out", client, options, False)
+    result = score_slide(
+        tmp_path / "s.svs", probe_model, tmp_path / "out", client=client, options=options, show_progress=False
+    )
     heatmap = read_heatmap(result.heatmap)
     assert 0 < sum(scored) == heatmap.tissue.sum() < heatmap.tissue.size

@@ -36,7 +36,7 @@ def slide(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, slide, probe_model, client):
     """The heatmap of one uninterrupted run."""
     out = tmp_path_factory.mktemp("reference")
-    (result,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+    (result,) = score_slides([slide], probe_model, out, options=OPTIONS, client=client, show_progress=False)
     assert result.status == "ok"
     return read_heatmap(result.heatmap)
 
@@ -73,7 +73,7 @@ def partial(tmp_path, slide, probe_model, client, monkeypatch) -> tuple[Path, li
     out = tmp_path / "out"
     written = interrupt(monkeypatch, INTERRUPT_AFTER)
     with pytest.raises(KeyboardInterrupt):
-        score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+        score_slides([slide], probe_model, out, options=OPTIONS, client=client, show_progress=False)
     monkeypatch.undo()
     return out / "s.zarr", written
 
@@ -88,17 +88,21 @@ def test_interrupted_run_leaves_a_resumable_heatmap_and_resumes_only_missing_blo
     kept = sum(int(heatmap.tissue[block.cells].sum()) for block in written)
     assert 0 < kept < heatmap.tissue.sum()
     scored = count_patches(monkeypatch)
-    (result,) = score_slides([slide], probe_model, store.parent, OPTIONS, client=client, show_progress=False)
+    (result,) = score_slides(
+        [slide], probe_model, store.parent, options=OPTIONS, client=client, show_progress=False
+    )
     assert result.status == "ok" and f"resumed: {INTERRUPT_AFTER} of " in result.message
     assert sum(scored) == result.patches == reference.tissue.sum() - kept  # only the missing blocks
     resumed = read_heatmap(store)
-    assert resumed.complete and len(resumed.metadata["resumed"]) == 1
-    assert resumed.metadata["patches_scored"] == reference.tissue.sum()
+    assert resumed.complete and len(resumed.metadata.resumed) == 1
+    assert resumed.metadata.patches_scored == reference.tissue.sum()
     np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
     np.testing.assert_array_equal(resumed.tissue, reference.tissue)
     # complete, same slide, model and parameters: skipped, nothing scored
     scored.clear()
-    (again,) = score_slides([slide], probe_model, store.parent, OPTIONS, client=client, show_progress=False)
+    (again,) = score_slides(
+        [slide], probe_model, store.parent, options=OPTIONS, client=client, show_progress=False
+    )
     assert again.status == "skipped" and "complete heatmap exists" in again.message and scored == []
 
 
@@ -117,7 +121,7 @@ def test_changed_parameters_are_refused_unless_overwrite(partial, slide, probe_m
     assert snapshot(store) == before and not lock_path(store).exists()
     assert main([*args, "--block-cells", "4", "--overwrite"]) == 0
     redone = read_heatmap(store)
-    assert redone.complete and redone.metadata["block_cells"] == 4 and "resumed" not in redone.metadata
+    assert redone.complete and redone.metadata.block_cells == 4 and redone.metadata.resumed == ()
     # a complete heatmap made with other parameters is refused too, not silently kept
     assert main([*args, "--block-cells", "2"]) == 1
     assert "block cells 4 in the heatmap, 2 now" in capsys.readouterr().err
@@ -157,7 +161,7 @@ def test_a_live_lock_refuses_the_slide_and_a_dead_holders_lock_is_taken_over(
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(store)
         (result,) = score_slides(
-            [slide], probe_model, store.parent, OPTIONS, client=client, show_progress=False
+            [slide], probe_model, store.parent, options=OPTIONS, client=client, show_progress=False
         )
         assert result.status == "failed" and result.message.startswith(
             f"{store}: locked by pid {holder.pid} on "
@@ -168,7 +172,9 @@ def test_a_live_lock_refuses_the_slide_and_a_dead_holders_lock_is_taken_over(
         holder.kill()
         holder.wait(timeout=30)
     # its holder has died without releasing it: the lock is stale, taken over, and released at the end
-    (result,) = score_slides([slide], probe_model, store.parent, OPTIONS, client=client, show_progress=False)
+    (result,) = score_slides(
+        [slide], probe_model, store.parent, options=OPTIONS, client=client, show_progress=False
+    )
     assert result.status == "ok" and f"took over the stale lock of pid {holder.pid} on " in result.message
     assert not lock.exists()
     np.testing.assert_array_equal(read_heatmap(store).probabilities, reference.probabilities)
@@ -215,26 +221,30 @@ def test_sigterm_stops_wsi_score_resumably(tmp_path, probe_model):
 def test_a_complete_heatmap_is_kept_without_reading_the_unchanged_slide_again(
     tmp_path, slide, probe_model, client, monkeypatch
 ):
-    from wsi_pipeline.scoring import batch as run_module
+    from wsi_pipeline.scoring import planning
 
     out = tmp_path / "out"
-    (first,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+    (first,) = score_slides([slide], probe_model, out, options=OPTIONS, client=client, show_progress=False)
     assert first.status == "ok"
-    hashed, file_sha256 = [], run_module.file_sha256
+    hashed, file_sha256 = [], planning.file_sha256
 
     def recording_sha256(path):
         hashed.append(Path(path))
         return file_sha256(path)
 
-    monkeypatch.setattr(run_module, "file_sha256", recording_sha256)
-    (again,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+    monkeypatch.setattr(planning, "file_sha256", recording_sha256)
+    (again,) = score_slides([slide], probe_model, out, options=OPTIONS, client=client, show_progress=False)
     assert again.status == "skipped" and slide not in hashed  # same path, size and mtime: the recorded sha256
     stamp = os.stat(slide)
     try:
         os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched: read and hashed again
-        (touched,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+        (touched,) = score_slides(
+            [slide], probe_model, out, options=OPTIONS, client=client, show_progress=False
+        )
         assert touched.status == "skipped" and hashed.count(slide) == 1  # same content: still kept
-        (later,) = score_slides([slide], probe_model, out, OPTIONS, client=client, show_progress=False)
+        (later,) = score_slides(
+            [slide], probe_model, out, options=OPTIONS, client=client, show_progress=False
+        )
         assert later.status == "skipped" and hashed.count(slide) == 1  # the new stamp was recorded
     finally:
         os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))

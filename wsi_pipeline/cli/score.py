@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 slides,
                 args.model,
                 args.out,
-                options,
-                args.scheduler,
-                args.workers,
+                options=options,
+                scheduler=args.scheduler,
+                n_workers=args.workers,
                 show_progress=not args.quiet,
                 reports=None if args.no_reports else reports,
             )

@@ -30,9 +30,17 @@ def score_events(
 
     def score() -> SlideResult:
         try:
-            with dask_client("threads") as client:
+            with dask_client(scheduler="threads") as client:
                 return score_slide(
-                    slide_path, model, out_dir, client, options, False, DEFAULT_REPORTS, events.put, stop
+                    slide_path,
+                    model,
+                    out_dir,
+                    client=client,
+                    options=options,
+                    show_progress=False,
+                    reports=DEFAULT_REPORTS,
+                    on_event=events.put,
+                    stop=stop,
                 )
         finally:
             events.put(None)

@@ -1,26 +1,35 @@
-"""Scoring slides: the public entry points."""
+"""Scoring slides: the public entry points.
+
+Both plan each slide (``planning``), keep its blocks in flight on a Dask cluster (``scheduler``) and settle it
+(``settling``): ``score_slides`` reports a failed slide and goes on, writing ``OUT/slides.csv``;
+``score_slide`` raises a failure and writes no table."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
 from wsi_pipeline.model.bundled import resolve_model_folder
 from wsi_pipeline.model.folder import read_card
 from wsi_pipeline.model.predict import choose_engine
-from wsi_pipeline.scoring.batch import _Batch
 from wsi_pipeline.scoring.cluster import dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, ScoringEvent, SlideResult
+from wsi_pipeline.scoring.planning import model_source, plan_slide
+from wsi_pipeline.scoring.scheduler import Scheduler
+from wsi_pipeline.scoring.settling import Settle, cancelled_result, settle_alone, settle_in_batch
 
 
 def score_slide(
     slide_path: str | Path,
     model_folder: str | Path,
     out_dir: str | Path,
+    *,
     client,
     options: ScoreOptions = ScoreOptions(),
     show_progress: bool = True,
@@ -28,19 +37,43 @@ def score_slide(
     on_event: Callable[[ScoringEvent], object] | None = None,
     stop: threading.Event | None = None,
 ) -> SlideResult:
-    """Score one slide into ``out_dir/<stem>.zarr`` with a model folder (or bundled model name) on the cluster
-    behind ``client``, resuming or keeping a heatmap as ``score_slides`` does; no batch-table row, and a
-    failure is raised. ``on_event`` is called (in this thread) with a ``SlidePlanned`` and then a
-    ``BlockWritten`` per block; setting ``stop`` ends the run after the block being written, "cancelled" and
-    resumable. Reports are written when ``reports`` is given."""
+    """Score one slide into ``out_dir/<stem>.zarr``, resuming or keeping a heatmap as ``score_slides`` does,
+    but raising a failure and writing no batch-table row.
+
+    Args:
+        slide_path: the slide file.
+        model_folder: a model folder or the name of a bundled model.
+        out_dir: the folder of the heatmap (created if missing).
+        client: a ``distributed.Client`` to score on.
+        options: the scoring parameters.
+        show_progress: a progress bar (or log lines) while blocks are scored.
+        reports: the reports to write beside the heatmap; None: none.
+        on_event: called (in this thread) with a ``SlidePlanned`` and then a ``BlockWritten`` per block.
+        stop: once set, the run ends after the block being written.
+
+    Returns:
+        The slide's result: "ok", "skipped" (a complete heatmap kept) or "cancelled" (``stop`` was set; the
+        heatmap is resumable).
+
+    Raises:
+        InputError: the slide, its heatmap or the model folder cannot be used (e.g. other parameters).
+    """
     options.validate()
     model_folder = resolve_model_folder(model_folder)
     if reports is not None:
         reports.validate()
-    batch = _Batch(
-        client, model_folder, out_dir, options, show_progress, reports, False, True, on_event, stop
+    settle = partial(settle_alone, reports=reports)
+    (result,) = _score(
+        client,
+        [slide_path],
+        model_folder,
+        out_dir,
+        options=options,
+        settle=settle,
+        show_progress=show_progress,
+        on_event=on_event,
+        stop=stop,
     )
-    (result,) = batch.run([slide_path])
     return result
 
 
@@ -48,6 +81,7 @@ def score_slides(
     slide_paths: Sequence[str | Path],
     model_folder: str | Path,
     out_dir: str | Path,
+    *,
     options: ScoreOptions = ScoreOptions(),
     scheduler: str = "local",
     n_workers: int | None = None,
@@ -55,12 +89,30 @@ def score_slides(
     show_progress: bool = True,
     reports: ReportOptions | None = DEFAULT_REPORTS,
 ) -> list[SlideResult]:
-    """Score slides with a model folder (or bundled model name), several at a time, each into
-    ``out_dir/<stem>.zarr``, with its reports (unless ``reports`` is None; a complete heatmap's missing or
-    outdated reports are made again) and its row of ``out_dir/slides.csv`` written as soon as it is done. A
-    slide that fails is reported and the batch goes on. A partial heatmap with the same parameters is resumed;
-    one with other parameters is refused unless ``options.overwrite``. Scripts using the default local cluster
-    need an ``if __name__ == "__main__":`` guard."""
+    """Score slides, several at a time, each into ``out_dir/<stem>.zarr`` with its reports and its row of
+    ``out_dir/slides.csv`` written as soon as it is done. A slide that fails is reported and the batch goes
+    on. A partial heatmap with the same parameters is resumed, a complete one kept; one with other parameters
+    is refused unless ``options.overwrite``. Scripts using the default local cluster need an
+    ``if __name__ == "__main__":`` guard.
+
+    Args:
+        slide_paths: the slide files.
+        model_folder: a model folder or the name of a bundled model.
+        out_dir: the folder of the heatmaps, reports and batch table (created if missing).
+        options: the scoring parameters.
+        scheduler: the cluster to start when no ``client`` is given (see ``dask_client``).
+        n_workers: its number of workers; None: one per core.
+        client: a ``distributed.Client`` to score on instead.
+        show_progress: a progress bar (or log lines) per slide.
+        reports: the reports to write (a complete heatmap's missing or outdated ones are made again); None:
+            none.
+
+    Returns:
+        One result per slide, in slide order: "ok", "skipped" (a complete heatmap kept) or "failed".
+
+    Raises:
+        InputError: the model folder cannot be used (before any cluster starts).
+    """
     options.validate()
     model_folder = resolve_model_folder(model_folder)
     read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
@@ -68,7 +120,50 @@ def score_slides(
     options = replace(options, engine=choose_engine(model_folder, options.engine))
     if reports is not None:
         reports.validate()
+    settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
     with contextlib.ExitStack() as stack:
         if client is None:
-            client = stack.enter_context(dask_client(scheduler, n_workers))
-        return _Batch(client, model_folder, out_dir, options, show_progress, reports).run(slide_paths)
+            client = stack.enter_context(dask_client(scheduler=scheduler, n_workers=n_workers))
+        return _score(
+            client,
+            slide_paths,
+            model_folder,
+            out_dir,
+            options=options,
+            settle=settle,
+            show_progress=show_progress,
+        )
+
+
+def _score(
+    client,
+    slide_paths: Sequence[str | Path],
+    model_folder: Path,
+    out_dir: str | Path,
+    *,
+    options: ScoreOptions,
+    settle: Settle,
+    show_progress: bool,
+    on_event: Callable[[ScoringEvent], object] | None = None,
+    stop: threading.Event | None = None,
+) -> list[SlideResult]:
+    """Plan, schedule and settle the slides; the slides not settled when ``stop`` was set are "cancelled"."""
+    slide_paths = list(slide_paths)
+    card = read_card(model_folder)
+    model = model_source(model_folder, card, options)
+    with ThreadPoolExecutor(1, thread_name_prefix="wsi-tissue") as tissue_pool:  # tissue found while hashing
+        plan = partial(
+            plan_slide, out_dir=out_dir, card=card, model=model, options=options, tissue_pool=tissue_pool
+        )
+        scheduler = Scheduler(
+            client,
+            model=model,
+            options=options,
+            plan=plan,
+            settle=settle,
+            show_progress=show_progress,
+            on_event=on_event,
+            stop=stop,
+        )
+        settled = scheduler.run(slide_paths)
+    return settled + [cancelled_result(path, out_dir) for path in slide_paths[len(settled) :]]

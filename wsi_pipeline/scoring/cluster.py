@@ -17,9 +17,18 @@ WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str = "local", n_workers: int | None = None) -> Iterator:
-    """A ``distributed.Client``: a local cluster of single-threaded worker processes (default), one
-    in-process worker with threads, or an existing cluster at a ``tcp://`` address."""
+def dask_client(*, scheduler: str = "local", n_workers: int | None = None) -> Iterator:
+    """A ``distributed.Client`` to score on, closed (with the cluster it started) on leaving the context.
+
+    Args:
+        scheduler: ``local``, a local cluster of single-threaded worker processes; ``threads``, one
+            in-process worker with threads; or the ``tcp://HOST:PORT`` address of an existing cluster.
+        n_workers: the local cluster's worker processes, or the in-process worker's threads; None: one per
+            core. An existing cluster keeps its own.
+
+    Yields:
+        The client.
+    """
     from distributed import Client, LocalCluster
 
     workers = n_workers or os.cpu_count() or 1

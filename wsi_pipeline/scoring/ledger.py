@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_pipeline.core.files import write_atomically
+from wsi_pipeline.core.locks import FileLock
 from wsi_pipeline.findings.tables import write_csv
 
 if TYPE_CHECKING:
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
 
 
 BATCH_TABLE = "slides.csv"
+TABLE_LOCK_WAIT_S = 60.0  # how long a run waits for another run sharing OUT to finish updating the table
 BATCH_COLUMNS = (
     "slide",  # absolute path: the key of the table
-    "status",  # ok, skipped (heatmap already complete) or failed
+    "status",  # ok, skipped (heatmap already complete) or failed (options.SlideStatus)
     "reason",
     "max_probability",  # the slide score
     "top_k",
@@ -85,3 +87,19 @@ def update_batch_table(out_dir: str | Path, rows: Iterable[dict]) -> Path:
     lines = ([_cell(row.get(key)) for key in BATCH_COLUMNS] for row in table.values())
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomically(path, lambda partial: write_csv(partial, BATCH_COLUMNS, lines))
+
+
+def record_in_batch_table(out_dir: str | Path, result: SlideResult, metadata: dict | None) -> None:
+    """Add or replace a slide's row of ``out_dir/slides.csv`` under the table's lock (other runs may share
+    ``out_dir``).
+
+    Args:
+        out_dir: the folder of the heatmaps and the table.
+        result: the slide's result (with its summary, if any).
+        metadata: its heatmap's metadata, or None (a failed slide).
+    """
+    lock = FileLock(Path(out_dir) / f"{BATCH_TABLE}.lock").acquire(TABLE_LOCK_WAIT_S)
+    try:
+        update_batch_table(out_dir, [batch_row(result, metadata)])
+    finally:
+        lock.release()

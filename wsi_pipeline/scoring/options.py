@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -49,12 +50,17 @@ class ScoreOptions:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
 
 
+SlideStatus = Literal["ok", "skipped", "failed", "cancelled"]
+"""What became of a slide: scored ("ok"), kept as a complete heatmap ("skipped"), "failed", or stopped before
+it was settled ("cancelled", resumable)."""
+
+
 @dataclass
 class SlideResult:
     """What happened to one slide of a batch."""
 
     slide: Path
-    status: str  # "ok", "skipped", "failed" or "cancelled"
+    status: SlideStatus
     heatmap: Path | None = None
     message: str = ""
     patches: int = 0

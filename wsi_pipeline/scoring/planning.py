@@ -1,0 +1,274 @@
+"""Planning a slide: open it, lock its heatmap, and decide what this run scores into it.
+
+The decision, from the heatmap already at ``OUT/<stem>.zarr`` (if any):
+
+- none, or ``overwrite``: a new heatmap with every tissue block to score;
+- partial, made from the same slide content, model and parameters: resumed, only the blocks not written;
+- complete, made the same way: kept, nothing to score (the slide is "skipped");
+- made otherwise (another slide content, model or parameter): refused, the slide fails.
+
+The slide's sha256 is the one the heatmap records while the file's path, size and mtime are unchanged;
+otherwise the file is hashed while its tissue is found in ``tissue_pool``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import Executor, wait
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.files import file_sha256
+from wsi_pipeline.core.locks import FileLock, describe_holder, lock_path
+from wsi_pipeline.core.version import __version__
+from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.predict import choose_engine
+from wsi_pipeline.scoring.options import ScoreOptions
+from wsi_pipeline.scoring.worker import ModelSource, SlideSource
+from wsi_pipeline.slide.reader import Slide
+from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_metadata, remove_heatmap
+from wsi_pipeline.store.metadata import file_stamp, parameter_differences, recorded_sha256
+from wsi_pipeline.tiling.grid import Block, PatchGrid, plan_grid, split_blocks, tissue_fraction
+from wsi_pipeline.tiling.tissue import TissueMask, detect_tissue
+
+COMPLETE_NOTE = "complete heatmap exists (--overwrite)"
+
+
+def heatmap_path(slide_path: str | Path, out_dir: str | Path) -> Path:
+    """Where a slide's heatmap goes: ``out_dir/<slide stem>.zarr``."""
+    return Path(out_dir) / f"{Path(slide_path).stem}.zarr"
+
+
+def model_source(folder: Path, card: ModelCard, options: ScoreOptions) -> ModelSource:
+    """What a worker needs to load the model folder, with the CPU engine chosen here once for all workers.
+
+    Args:
+        folder: the model folder.
+        card: its card (names the weights file).
+        options: the run's options (device, engine: ``auto`` is resolved here).
+
+    Returns:
+        The folder's absolute path, the weights' sha256, the device and the resolved engine.
+    """
+    engine = choose_engine(folder, options.engine)
+    return ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), options.device, engine)
+
+
+def heatmap_metadata(
+    slide: Slide,
+    sha256: str,
+    card: ModelCard,
+    model: ModelSource,
+    grid: PatchGrid,
+    options: ScoreOptions,
+    started: str,
+) -> dict:
+    """The metadata a heatmap starts with: what was scored, by which model, how (the resume identity).
+
+    Args:
+        slide: the open slide.
+        sha256: the slide file's sha256.
+        card: the model's card.
+        model: the model as the workers load it (folder, weights' sha256, engine).
+        grid: the slide's patch grid.
+        options: the run's options.
+        started: when this run began on the slide (ISO 8601, UTC).
+
+    Returns:
+        The JSON-able record ``HeatmapWriter`` stores and ``parameter_differences`` compares.
+    """
+    return {
+        "slide": {
+            "path": str(slide.path.resolve()),
+            "sha256": sha256,
+            "backend": slide.backend,
+            "mpp": slide.mpp,
+            "mpp_source": "file" if options.mpp is None else "--mpp",
+            "width0": slide.width0,
+            "height0": slide.height0,
+            **file_stamp(slide.path),
+        },
+        "model": {
+            "name": card.name,
+            "folder": model.folder,
+            "weights_sha256": model.weights_sha256,
+            "architecture": card.architecture,
+            "engine": model.engine,
+        },
+        "grid": grid.to_dict(),
+        "tissue_threshold": options.tissue_threshold,
+        "tissue_mpp": options.tissue_mpp,
+        "tissue_min_um2": options.tissue_min_um2,
+        "tissue_max_hole_um2": options.tissue_max_hole_um2,
+        "block_cells": options.block_cells,
+        "tta": options.tta,
+        "package_version": __version__,
+        "started": started,
+    }
+
+
+def tissue_cells(slide: Slide, grid: PatchGrid, options: ScoreOptions) -> tuple[np.ndarray, TissueMask]:
+    """The grid cells to score (tissue fraction ≥ the threshold) and the tissue mask they come from."""
+    tissue = detect_tissue(
+        slide.thumbnail(options.tissue_mpp),
+        options.tissue_mpp,
+        min_tissue_um2=options.tissue_min_um2,
+        max_hole_um2=options.tissue_max_hole_um2,
+    )
+    return tissue_fraction(grid, tissue) >= options.tissue_threshold, tissue
+
+
+@dataclass(frozen=True, eq=False)
+class SlidePlan:
+    """What planning decided for one slide. A plan with a ``lock`` holds its heatmap's lock until the slide is
+    settled (or the run abandoned); a plan with an ``error`` holds none."""
+
+    path: Path
+    started: float  # time.monotonic() when planning began
+    heatmap: Path
+    lock: FileLock | None = None
+    writer: HeatmapWriter | None = None  # None: nothing to score (a complete heatmap kept) or failed
+    source: SlideSource | None = None  # how workers open the slide
+    cells: np.ndarray | None = None  # (rows, cols) bool: the grid cells to score
+    blocks: tuple[Block, ...] = ()  # the blocks this run scores, largest first (small blocks make the tail)
+    patches: int = 0  # patches in those blocks
+    kept: int = 0  # blocks an earlier run wrote
+    notes: tuple[str, ...] = ()  # for the slide's result message
+    error: Exception | None = None  # planning failed; reported when the slide is settled
+
+    def release_lock(self) -> None:
+        """Release the heatmap's lock, if this plan holds it."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+def plan_slide(
+    path: str | Path,
+    *,
+    out_dir: str | Path,
+    card: ModelCard,
+    model: ModelSource,
+    options: ScoreOptions,
+    tissue_pool: Executor,
+) -> SlidePlan:
+    """Open a slide, lock its heatmap, and decide what to score into it (see the module's docstring).
+
+    Args:
+        path: the slide file.
+        out_dir: the folder of the heatmaps (created if missing).
+        card: the model's card (patch size, µm/px, class names).
+        model: the model as the workers load it.
+        options: the run's options.
+        tissue_pool: runs tissue detection while the slide file is hashed.
+
+    Returns:
+        The slide's plan, holding the heatmap's lock; a failure (the slide, a foreign folder where the
+        heatmap goes, a lock held by another run, other parameters) is the plan's ``error``, never raised.
+    """
+    path = Path(path)
+    plan = SlidePlan(path, time.monotonic(), heatmap_path(path, out_dir))
+    try:
+        with Slide(path, options.backend, options.mpp) as slide, contextlib.ExitStack() as undo:
+            if plan.heatmap.exists() and not is_heatmap(plan.heatmap):
+                raise InputError(plan.heatmap, "exists and is not a wsi_pipeline heatmap; not overwriting it")
+            plan.heatmap.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(lock_path(plan.heatmap)).acquire()
+            undo.callback(lock.release)
+            stale = lock.took_over
+            notes = () if stale is None else (f"took over the stale lock of {describe_holder(stale)}",)
+            planned = _plan_heatmap(
+                replace(plan, lock=lock, notes=notes),
+                slide,
+                card=card,
+                model=model,
+                options=options,
+                tissue_pool=tissue_pool,
+            )
+            undo.pop_all()
+            return planned
+    except Exception as error:  # reported when the slide's turn comes
+        return replace(plan, error=error)
+
+
+def _plan_heatmap(
+    plan: SlidePlan,
+    slide: Slide,
+    *,
+    card: ModelCard,
+    model: ModelSource,
+    options: ScoreOptions,
+    tissue_pool: Executor,
+) -> SlidePlan:
+    """Start the slide's heatmap, resume a partial one made the same way, or keep a complete one."""
+    grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
+    started = datetime.now(timezone.utc).isoformat()
+    existing = None if options.overwrite or not plan.heatmap.exists() else read_metadata(plan.heatmap)
+    sha256, found = recorded_sha256(existing, plan.path), None
+    if sha256 is None:
+        found = tissue_pool.submit(tissue_cells, slide, grid, options)  # while the file is hashed
+        try:
+            sha256 = file_sha256(plan.path)
+        finally:
+            wait([found])  # the slide stays open until then
+    metadata = heatmap_metadata(slide, sha256, card, model, grid, options, started)
+    if existing is not None:
+        differences = parameter_differences(existing, metadata)
+        if differences:
+            raise InputError(
+                plan.heatmap,
+                f"holds a heatmap made with other parameters ({'; '.join(differences)}); "
+                "--overwrite scores it afresh",
+            )
+        if existing.get("complete"):
+            if found is not None:  # hashed: same content under a new stamp, kept for the next re-run
+                HeatmapWriter.reopen(plan.heatmap).record(slide=metadata["slide"])
+            return replace(plan, notes=(COMPLETE_NOTE, *plan.notes))
+    cells, tissue = tissue_cells(slide, grid, options) if found is None else found.result()
+    if existing is None:
+        metadata["tissue_saturation_threshold"] = tissue.threshold
+        writer = _new_heatmap(plan.heatmap, grid, card, options, metadata, cells)
+    else:
+        writer = _resume_heatmap(plan.heatmap, existing, cells, started)
+    blocks = [b for b in split_blocks(grid.shape, options.block_cells) if cells[b.cells].any()]
+    todo = sorted(
+        ((int(cells[b.cells].sum()), b) for b in blocks if not writer.is_written(b)),
+        key=lambda pair: -pair[0],
+    )
+    kept = len(blocks) - len(todo)
+    resumed = (f"resumed: {kept} of {len(blocks)} blocks were written",) if kept else ()
+    return replace(
+        plan,
+        writer=writer,
+        source=SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp),
+        cells=cells,
+        blocks=tuple(block for _, block in todo),
+        patches=sum(n for n, _ in todo),
+        kept=kept,
+        notes=(*plan.notes, *resumed),
+    )
+
+
+def _new_heatmap(
+    heatmap: Path, grid: PatchGrid, card: ModelCard, options: ScoreOptions, metadata: dict, cells: np.ndarray
+) -> HeatmapWriter:
+    """A new heatmap store (replacing any there) holding the tissue cells to score."""
+    if heatmap.exists():
+        remove_heatmap(heatmap)
+    writer = HeatmapWriter(heatmap, grid, card.class_names, options.block_cells, metadata)
+    writer.write_tissue(cells)
+    return writer
+
+
+def _resume_heatmap(heatmap: Path, existing: dict, cells: np.ndarray, started: str) -> HeatmapWriter:
+    """The partial heatmap reopened, refused when its tissue cells are not those found now."""
+    writer = HeatmapWriter.reopen(heatmap)
+    if not np.array_equal(writer.tissue[...].astype(bool), cells):
+        raise InputError(
+            heatmap, "partial heatmap has other tissue cells than found now; --overwrite scores it afresh"
+        )
+    writer.record(resumed=[*existing.get("resumed", []), started])
+    return writer

@@ -1,0 +1,120 @@
+"""Settling a slide once the scheduler is done with it (its last block written, nothing to score, or failed):
+its heatmap finalised, its reports, its row of the batch table, its heatmap's lock released.
+
+Two policies, one per entry point (see ``api``):
+
+- ``settle_in_batch`` (``score_slides``): a failure becomes a "failed" result and the batch goes on; every
+  slide gets its row of ``OUT/slides.csv``, except one locked by another run (that row is the other run's).
+- ``settle_alone`` (``score_slide``): a failure is raised to the caller; no batch-table row.
+
+A slide the scheduler never settled (``stop`` was set first) is ``cancelled_result``: resumable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.locks import LockedError
+from wsi_pipeline.findings.reports import ReportOptions, current_summary, ensure_reports
+from wsi_pipeline.scoring.ledger import record_in_batch_table
+from wsi_pipeline.scoring.options import SlideResult
+from wsi_pipeline.scoring.planning import SlidePlan, heatmap_path
+from wsi_pipeline.store.heatmap import read_metadata
+
+Settle = Callable[[SlidePlan, "Exception | None"], SlideResult]
+"""A settling policy: a slide's plan and its error (planning's or a block's, None when all went well) → its
+result; it releases the plan's lock."""
+
+
+def finish_slide(
+    plan: SlidePlan, error: Exception | None, *, reports: ReportOptions | None
+) -> tuple[SlideResult, dict]:
+    """Finalise a slide whose blocks are all written (or a complete heatmap kept) and make its reports.
+
+    Args:
+        plan: the slide's plan.
+        error: the slide's error (planning's or a block's), raised here; None when all went well.
+        reports: the reports to write (missing or outdated ones are made again); None: none, but the
+            summary of current reports already there is read into the result.
+
+    Returns:
+        The slide's result ("ok" or "skipped", with its summary) and its heatmap's metadata.
+    """
+    if error is not None:
+        raise error
+    message = "; ".join(plan.notes)
+    if plan.writer is None:
+        result = SlideResult(plan.path, "skipped", plan.heatmap, message)
+    else:
+        seconds = time.monotonic() - plan.started
+        plan.writer.finalise(
+            patches_scored=int(plan.cells.sum()),
+            seconds=round(seconds, 3),
+            finished=datetime.now(timezone.utc).isoformat(),
+        )
+        result = SlideResult(plan.path, "ok", plan.heatmap, message, plan.patches, seconds)
+    if reports is None:
+        result.summary = current_summary(plan.heatmap)
+    else:
+        result.summary = ensure_reports(plan.heatmap, reports)
+    return result, read_metadata(plan.heatmap)
+
+
+def settle_in_batch(
+    plan: SlidePlan, error: Exception | None, *, reports: ReportOptions | None, out_dir: str | Path
+) -> SlideResult:
+    """Settle a slide of ``score_slides``: a failure is its "failed" result, and its row of
+    ``out_dir/slides.csv`` is written (unless another run holds its heatmap's lock).
+
+    Args:
+        plan: the slide's plan (its lock is released here).
+        error: its error (planning's or a block's), or None.
+        reports: as for ``finish_slide``.
+        out_dir: the folder of the heatmaps and the batch table.
+
+    Returns:
+        The slide's result: "ok", "skipped" or "failed".
+    """
+    try:
+        result, metadata = finish_slide(plan, error, reports=reports)
+    except Exception as failure:
+        result = failed_result(plan, failure)
+        if not isinstance(failure, LockedError):
+            record_in_batch_table(out_dir, result, None)
+    else:
+        record_in_batch_table(out_dir, result, metadata)
+    finally:
+        plan.release_lock()
+    return result
+
+
+def settle_alone(plan: SlidePlan, error: Exception | None, *, reports: ReportOptions | None) -> SlideResult:
+    """Settle the slide of ``score_slide``: a failure is raised; no batch-table row.
+
+    Args:
+        plan: the slide's plan (its lock is released here).
+        error: its error (planning's or a block's), raised here; or None.
+        reports: as for ``finish_slide``.
+
+    Returns:
+        The slide's result: "ok" or "skipped".
+    """
+    try:
+        return finish_slide(plan, error, reports=reports)[0]
+    finally:
+        plan.release_lock()
+
+
+def failed_result(plan: SlidePlan, error: Exception) -> SlideResult:
+    """A failed slide's result; its message is the error's (an ``InputError`` names the file and problem)."""
+    message = str(error) if isinstance(error, InputError) else f"{plan.path}: {type(error).__name__}: {error}"
+    return SlideResult(plan.path, "failed", None, message, seconds=time.monotonic() - plan.started)
+
+
+def cancelled_result(path: str | Path, out_dir: str | Path) -> SlideResult:
+    """The result of a slide not settled when the run was stopped: its heatmap keeps the blocks written."""
+    message = "cancelled; the blocks written are kept and the next run with the same parameters resumes"
+    return SlideResult(Path(path), "cancelled", heatmap_path(path, out_dir), message)
