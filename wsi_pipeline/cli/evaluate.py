@@ -18,17 +18,18 @@ import json
 import sys
 from pathlib import Path
 
+from wsi_pipeline.cli.options import (
+    add_batch_size,
+    add_device,
+    add_model,
+    add_quiet,
+    add_threshold,
+    add_tta,
+    run_command,
+)
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.datasets.patches import open_patch_dataset
-from wsi_pipeline.evaluation.annotations import FORMATS, TumourRegions, find_truth, read_truth, truth_format
+from wsi_pipeline.evaluation.annotations import FORMATS
 from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
-from wsi_pipeline.evaluation.patches import evaluate_patches
-from wsi_pipeline.evaluation.plots import plot_froc
-from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
-from wsi_pipeline.model.device import resolve_device
-from wsi_pipeline.model.folder import record_metrics
-from wsi_pipeline.model.predict import Model
-from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,16 +37,16 @@ def parser() -> argparse.ArgumentParser:
         prog="wsi-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("data", nargs="?", help="labelled patches: PCam folder, Kaggle folder or class folders")
-    p.add_argument("--model", help="model folder (model.json + weights) or a bundled model's name")
+    add_model(p)
     p.add_argument("--split", default="test", help="PCam split to evaluate (default: test)")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations of each patch")
+    add_tta(p)
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument(
         "--record", metavar="NAME", help="also store the metrics in the model's card, under metrics.NAME"
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_device(p)
+    add_batch_size(p, 256)
+    add_quiet(p)
     slides = p.add_argument_group("heatmaps against annotations")
     slides.add_argument("--heatmaps", nargs="+", type=Path, metavar="ZARR_OR_DIR", help="wsi-score heatmaps")
     slides.add_argument("--truth", nargs="+", type=Path, metavar="FILE_OR_DIR", help="annotation files")
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         default="error",
         help="a heatmap without a truth file: an error (default) or a slide without tumour",
     )
-    slides.add_argument("--threshold", type=float, default=0.5, help="tumour probability for Dice and hits")
+    add_threshold(slides)
     slides.add_argument(
         "--detection-floor",
         type=float,
@@ -71,125 +72,6 @@ def parser() -> argparse.ArgumentParser:
     )
     slides.add_argument("--froc-png", type=Path, help="also draw the FROC curve to this PNG")
     return p
-
-
-def evaluate_input(args: argparse.Namespace) -> dict:
-    """Results for the input, by kind: {"kind", "data" (its description), ...}: patches add "model" and
-    "metrics"; slides (heatmaps against truth) add "slides" and "summary"."""
-    return evaluate_slides(args) if args.heatmaps is not None else evaluate_patch_data(args)
-
-
-def evaluate_patch_data(args: argparse.Namespace) -> dict:
-    model = Model(args.model, resolve_device(args.device))
-    with open_patch_dataset(args.data, split=args.split) as dataset:
-        metrics = evaluate_patches(model, dataset, args.batch_size, args.tta, show_progress=not args.quiet)
-        data = dataset.describe()
-    card = model.card
-    model_info = {
-        "name": card.name,
-        "architecture": card.architecture,
-        "folder": str(model.folder),
-        "weights_sha256": model.weights_sha256,
-    }
-    return {"kind": "patches", "data": data, "metrics": metrics, "model": model_info}
-
-
-def heatmap_stores(paths: list[Path]) -> list[Path]:
-    """Heatmap stores named or held (one level down) by ``paths``."""
-    stores = []
-    for path in paths:
-        if is_heatmap(path):
-            stores.append(path)
-        elif path.is_dir():
-            held = sorted(child for child in path.iterdir() if is_heatmap(child))
-            if not held:
-                raise InputError(path, "holds no wsi_pipeline heatmap")
-            stores += held
-        else:
-            problem = "no such file or folder" if not path.exists() else "not a wsi_pipeline heatmap"
-            raise InputError(path, problem)
-    return stores
-
-
-def match_truth(stores: list[Path], truth: list[Path], kind: str) -> dict[str, tuple[Path, Path | None]]:
-    """{slide stem: (heatmap, truth file or None)}; every truth file named explicitly must match a heatmap."""
-    files = []
-    for path in truth:
-        if not path.exists():
-            raise InputError(path, "no such file or folder")
-        files += sorted(child for child in path.iterdir() if child.is_file()) if path.is_dir() else [path]
-    pairs: dict[str, tuple[Path, Path | None]] = {}
-    for store in stores:
-        stem = store.name.removesuffix(".zarr")
-        if stem in pairs:
-            raise InputError(store, f"a second heatmap for slide {stem!r} (also {pairs[stem][0]})")
-        pairs[stem] = (store, find_truth(stem, files, kind))
-    matched = {file for _, file in pairs.values()}
-    for path in truth:
-        if path.is_file() and path not in matched:
-            raise InputError(path, "matches no heatmap (expected <slide stem>.xml, .geojson, _mask.png, ...)")
-    return pairs
-
-
-def evaluate_slides(args: argparse.Namespace) -> dict:
-    """Each heatmap against its truth file, and the summary over the set."""
-    pairs = match_truth(heatmap_stores(args.heatmaps), args.truth, args.truth_format)
-    missing = [stem for stem, (_, truth) in pairs.items() if truth is None]
-    if missing and args.missing_truth == "error":
-        raise InputError(
-            ", ".join(map(str, args.truth)),
-            f"no truth file for {', '.join(missing)} (--missing-truth negative: slides without tumour)",
-        )
-    slides, evaluations = [], []
-    for stem, (store, truth) in pairs.items():
-        heatmap = read_heatmap(store)
-        if not heatmap.complete:
-            raise InputError(store, "heatmap is incomplete (its scoring did not finish)")
-        grid = heatmap.grid
-        regions, kind = TumourRegions(), None
-        if truth is not None:
-            kind = truth_format(truth) if args.truth_format == "auto" else args.truth_format
-            size0 = (grid.width0, grid.height0)
-            regions = read_truth(truth, kind, args.truth_class, args.mask_downsample, size0)
-        evaluation = evaluate_heatmap(
-            heatmap,
-            regions.tumour,
-            args.threshold,
-            exclusions=regions.exclusions,
-            detection_floor=args.detection_floor,
-        )
-        evaluations.append(evaluation)
-        cells = evaluation["cell_truth"]
-        slides.append(
-            {
-                "slide": stem,
-                "heatmap": str(store),
-                "truth": None if truth is None else str(truth),
-                "truth_format": kind,
-                "tumour_polygons": len(regions.tumour),
-                "exclusion_polygons": len(regions.exclusions),
-                "cells": len(cells),
-                "tumour_cells": int(cells.sum()),
-                **{
-                    key: value
-                    for key, value in evaluation.items()
-                    if key not in ("cell_truth", "cell_scores")
-                },
-            }
-        )
-    settings = {
-        "threshold": args.threshold,
-        "detection_floor": args.detection_floor,
-        "missing_truth": args.missing_truth,
-    }
-    data = {"heatmaps": [str(path) for path in args.heatmaps], "truth": [str(path) for path in args.truth]}
-    return {
-        "kind": "slides",
-        "data": data,
-        "settings": settings,
-        "slides": slides,
-        "summary": summarise(evaluations),
-    }
 
 
 def write_json(path: Path, results: dict) -> None:
@@ -304,31 +186,58 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error("DATA, --model and --record are for patches, not --heatmaps")
 
 
+def evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    """Evaluate as parsed (``argv``: the command line, recorded with ``--record``), print the results."""
+    if args.heatmaps is not None:
+        from wsi_pipeline.evaluation.slides import evaluate_slides  # loaded once parsed
+
+        results = evaluate_slides(
+            args.heatmaps,
+            args.truth,
+            truth_format=args.truth_format,
+            truth_classes=args.truth_class,
+            mask_downsample=args.mask_downsample,
+            missing_truth=args.missing_truth,
+            threshold=args.threshold,
+            detection_floor=args.detection_floor,
+        )
+    else:
+        from wsi_pipeline.evaluation.patches import evaluate_patch_data  # loads torch
+
+        results = evaluate_patch_data(
+            args.model,
+            args.data,
+            split=args.split,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            device=args.device,
+            show_progress=not args.quiet,
+        )
+    if args.json is not None:
+        write_json(args.json, results)
+    if args.record:
+        from wsi_pipeline.model.folder import record_metrics
+
+        command = " ".join(["wsi-eval", *argv])
+        entry = {**results["metrics"], "data": results["data"], "command": command}
+        record_metrics(Path(results["model"]["folder"]), args.record, entry)
+    if args.froc_png is not None:
+        from wsi_pipeline.evaluation.plots import plot_froc
+
+        froc = results["summary"]["froc"]
+        if froc is None:
+            raise ValueError("FROC is undefined without a lesion to detect; no curve drawn")
+        plot_froc(froc, args.froc_png)
+    print(format_results(results))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = parser()
     args = p.parse_args(argv)
     check_arguments(p, args)
-    try:
-        results = evaluate_input(args)
-        if args.json is not None:
-            write_json(args.json, results)
-        if args.record:
-            command = " ".join(["wsi-eval", *(argv if argv is not None else sys.argv[1:])])
-            record_metrics(
-                Path(results["model"]["folder"]),
-                args.record,
-                {**results["metrics"], "data": results["data"], "command": command},
-            )
-        if args.froc_png is not None:
-            froc = results["summary"]["froc"]
-            if froc is None:
-                raise ValueError("FROC is undefined without a lesion to detect; no curve drawn")
-            plot_froc(froc, args.froc_png)
-    except (InputError, ValueError) as error:
-        print(f"wsi-eval: error: {error}", file=sys.stderr)
-        return 2
-    print(format_results(results))
-    return 0
+    return run_command("wsi-eval", lambda: evaluate(args, argv))
 
 
 if __name__ == "__main__":

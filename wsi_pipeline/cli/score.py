@@ -11,54 +11,60 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.findings.reports import ReportOptions
-from wsi_pipeline.findings.summary import answer_parts
-from wsi_pipeline.model.bundled import DEFAULT_MODEL
-from wsi_pipeline.model.predict import ENGINES
-from wsi_pipeline.scoring.api import score_slides
-from wsi_pipeline.scoring.cluster import SCHEDULERS_HELP
-from wsi_pipeline.scoring.ledger import BATCH_TABLE
-from wsi_pipeline.scoring.options import ScoreOptions
-from wsi_pipeline.slide.find import find_slides
+from wsi_pipeline.cli.options import (
+    add_batch_size,
+    add_device,
+    add_model,
+    add_quiet,
+    add_threshold,
+    add_tta,
+    print_error,
+    run_command,
+)
+from wsi_pipeline.model.card import ENGINES
+from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions
 from wsi_pipeline.slide.reader import BACKENDS
-from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2
+
+DEFAULTS = ScoreOptions()
+INTERRUPTED = "interrupted; the blocks written are kept: run again to resume"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsi-score", description=__doc__)
     p.add_argument("slides", nargs="+", help="slide files or folders of slides")
     p.add_argument("-o", "--out", default="results", help="output folder (default: results)")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"model folder, WSInfer model folder, or a bundled model's name (default: {DEFAULT_MODEL}, "
-        "trained on synthetic data: for demonstration and testing, not for diagnosis)",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_model(p, bundled_default=True)
+    add_device(p)
     p.add_argument(
         "--engine",
-        default="auto",
+        default=DEFAULTS.engine,
         choices=ENGINES,
         help="CPU engine: auto (the faster of torch and ONNX Runtime for this model, measured once and "
         "cached), torch or onnxruntime; CUDA always runs torch",
     )
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="slide reader")
+    p.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS, help="slide reader")
     p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
     p.add_argument("--stride", type=int, help="target pixels between patches (default: the patch size)")
-    p.add_argument("--tissue-threshold", type=float, default=0.5, help="min tissue fraction to score a patch")
-    p.add_argument("--tissue-min-um2", type=float, default=MIN_TISSUE_UM2, help="drop smaller tissue specks")
-    p.add_argument("--tissue-max-hole-um2", type=float, default=MAX_HOLE_UM2, help="fill smaller holes")
+    p.add_argument(
+        "--tissue-threshold",
+        type=float,
+        default=DEFAULTS.tissue_threshold,
+        help="min tissue fraction to score a patch",
+    )
+    p.add_argument(
+        "--tissue-min-um2", type=float, default=DEFAULTS.tissue_min_um2, help="drop smaller tissue specks"
+    )
+    p.add_argument(
+        "--tissue-max-hole-um2", type=float, default=DEFAULTS.tissue_max_hole_um2, help="fill smaller holes"
+    )
     p.add_argument(
         "--block-cells",
         type=int,
-        default=ScoreOptions.block_cells,
-        help=f"grid cells per block side: one read and one task each (default {ScoreOptions.block_cells})",
+        default=DEFAULTS.block_cells,
+        help="grid cells per block side: one read and one task each (default %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument(
-        "--tta", action="store_true", help="average each patch's 8 flips/rotations (8× the model's work)"
-    )
+    add_batch_size(p, DEFAULTS.batch_size)
+    add_tta(p)
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
     p.add_argument(
@@ -67,9 +73,7 @@ def parser() -> argparse.ArgumentParser:
         help="score afresh slides whose heatmap exists (complete, partial, or made with other parameters); "
         "without it, complete heatmaps are kept and partial ones resumed",
     )
-    p.add_argument(
-        "--threshold", type=float, default=0.5, help="tumour probability from which a cell is tumour (0.5)"
-    )
+    add_threshold(p)
     p.add_argument("--top-k", type=int, default=10, help="cells in the slide's top-k mean score (default 10)")
     p.add_argument("--tile-table", action="store_true", help="also write <stem>.tiles.csv (one row per cell)")
     p.add_argument(
@@ -78,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-reports", action="store_true", help="no summary, GeoJSON or overlay (the batch table is kept)"
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_quiet(p)
     return p
 
 
@@ -99,8 +103,14 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def score(args: argparse.Namespace) -> int:
+    """Score the slides as parsed; 1 when a slide failed."""
+    from wsi_pipeline.findings.reports import ReportOptions  # the scoring stack: loaded once parsed
+    from wsi_pipeline.findings.summary import answer_parts
+    from wsi_pipeline.scoring.api import score_slides
+    from wsi_pipeline.scoring.ledger import BATCH_TABLE
+    from wsi_pipeline.slide.find import find_slides
+
     options = ScoreOptions(
         stride=args.stride,
         tissue_threshold=args.tissue_threshold,
@@ -116,30 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
     )
     reports = ReportOptions(args.threshold, args.top_k, args.tile_table, args.geojson_tiles)
-    try:
-        options.validate()
-        reports.validate()
-        slides = find_slides(args.slides)
-        with _sigterm_interrupts():
-            results = score_slides(
-                slides,
-                args.model,
-                args.out,
-                options=options,
-                scheduler=args.scheduler,
-                n_workers=args.workers,
-                show_progress=not args.quiet,
-                reports=None if args.no_reports else reports,
-            )
-    except (InputError, ValueError) as error:
-        print(f"wsi-score: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("wsi-score: interrupted; the blocks written are kept: run again to resume", file=sys.stderr)
-        return 130
+    options.validate()
+    reports.validate()
+    slides = find_slides(args.slides)
+    with _sigterm_interrupts():
+        results = score_slides(
+            slides,
+            args.model,
+            args.out,
+            options=options,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            show_progress=not args.quiet,
+            reports=None if args.no_reports else reports,
+        )
     for result in results:
         if result.status == "failed":
-            print(f"wsi-score: error: {result.message}", file=sys.stderr)
+            print_error("wsi-score", result.message)
         elif result.status == "skipped":
             print(f"skipped {result.slide}: {result.message}")
         else:
@@ -150,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + "; ".join(answer_parts(result.summary)))
     print(f"batch table: {Path(args.out) / BATCH_TABLE}")
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command("wsi-score", lambda: score(args), INTERRUPTED)
 
 
 if __name__ == "__main__":

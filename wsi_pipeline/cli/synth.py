@@ -10,10 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.slide.find import find_slides
-from wsi_pipeline.synthetic.scene import make_scene
-from wsi_pipeline.synthetic.sets import write_patch_split, write_synthetic_slide
+from wsi_pipeline.cli.options import add_seed, run_command
 
 
 def slide_plan(count: int, seed: int, negative_fraction: float, max_metastases: int) -> list[tuple[int, int]]:
@@ -35,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     slides.add_argument("--width", type=int, default=16_000, help="level-0 width in pixels")
     slides.add_argument("--height", type=int, default=12_000, help="level-0 height in pixels")
     slides.add_argument("--mpp", type=float, default=0.5, help="µm per level-0 pixel")
-    slides.add_argument("--seed", type=int, default=0)
+    add_seed(slides)
     slides.add_argument("--negative-fraction", type=float, default=0.5, help="share of slides without tumour")
     slides.add_argument("--max-metastases", type=int, default=4)
     slides.add_argument("--diameter-um", type=float, nargs=2, default=(30.0, 3000.0), metavar=("MIN", "MAX"))
@@ -47,38 +44,40 @@ def parser() -> argparse.ArgumentParser:
     patches.add_argument("--split", default="train", choices=("train", "valid", "test"))
     patches.add_argument("--per-slide", type=int, default=1000, help="patches per slide")
     patches.add_argument("--positive-fraction", type=float, default=0.5)
-    patches.add_argument("--seed", type=int, default=0)
+    add_seed(patches)
     return p
+
+
+def synthesise(args: argparse.Namespace) -> int:
+    """Write the slides, or the patch split, as parsed."""
+    if args.command == "slides":
+        from wsi_pipeline.synthetic.scene import make_scene  # loaded once parsed
+        from wsi_pipeline.synthetic.sets import write_synthetic_slide
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plan = slide_plan(args.count, args.seed, args.negative_fraction, args.max_metastases)
+        for index, (slide_seed, n_metastases) in enumerate(plan):
+            path = out / f"{args.prefix}_{args.seed}_{index:03d}.svs"
+            diameters = tuple(args.diameter_um)
+            scene = make_scene(args.width, args.height, args.mpp, slide_seed, n_metastases, diameters)
+            truth = write_synthetic_slide(path, scene, workers=args.workers)
+            sizes = ", ".join(f"{m['diameter_um'] / 1000:.2f}" for m in truth["metastases"]) or "none"
+            print(f"{path}: metastases (longest diameter, mm): {sizes}")
+    else:
+        from wsi_pipeline.slide.find import find_slides
+        from wsi_pipeline.synthetic.sets import write_patch_split
+
+        counts = write_patch_split(
+            find_slides(args.slides), args.out, args.split, args.per_slide, args.seed, args.positive_fraction
+        )
+        print(json.dumps({"split": args.split, "out": args.out, **counts}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        if args.command == "slides":
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            plan = slide_plan(args.count, args.seed, args.negative_fraction, args.max_metastases)
-            for index, (slide_seed, n_metastases) in enumerate(plan):
-                path = out / f"{args.prefix}_{args.seed}_{index:03d}.svs"
-                diameters = tuple(args.diameter_um)
-                scene = make_scene(args.width, args.height, args.mpp, slide_seed, n_metastases, diameters)
-                truth = write_synthetic_slide(path, scene, workers=args.workers)
-                sizes = ", ".join(f"{m['diameter_um'] / 1000:.2f}" for m in truth["metastases"]) or "none"
-                print(f"{path}: metastases (longest diameter, mm): {sizes}")
-        else:
-            counts = write_patch_split(
-                find_slides(args.slides),
-                args.out,
-                args.split,
-                args.per_slide,
-                args.seed,
-                args.positive_fraction,
-            )
-            print(json.dumps({"split": args.split, "out": args.out, **counts}))
-    except (InputError, ValueError) as error:
-        print(f"wsi-synth: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("wsi-synth", lambda: synthesise(args))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from wsi_pipeline.cli.options import add_batch_size, add_device, add_quiet, add_seed, run_command
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.datasets.patches import KAGGLE_LABELS, PatchDataset, open_patch_dataset
 from wsi_pipeline.model.card import PCAM_MPP
-from wsi_pipeline.model.device import resolve_device
-from wsi_pipeline.training.augment import AugmentConfig
-from wsi_pipeline.training.train import TrainConfig, train
+from wsi_pipeline.training.config import AugmentConfig, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -50,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet's")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="at most (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="(default: %(default)s)")
+    add_batch_size(p, DEFAULTS.batch_size)
     p.add_argument(
         "--lr", type=float, default=DEFAULTS.lr, help="peak of the one-cycle schedule (%(default)s)"
     )
@@ -62,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
         help="epochs without a better val AUC (%(default)s)",
     )
     p.add_argument("--accumulate", type=int, default=DEFAULTS.accumulate, help="batches per optimiser step")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="(default: %(default)s)")
+    add_seed(p, DEFAULTS.seed)
     p.add_argument("--max-train-samples", type=int, help="patches drawn per epoch (default: all)")
     p.add_argument("--max-val-samples", type=int, help="validate on a fixed random subset of this size")
     augmentation = p.add_argument_group("augmentation (0 switches one off)")
@@ -76,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
             augmentation.add_argument(
                 f"--{flag}", type=float, default=option.default, help=f"{help_text} (default: %(default)s)"
             )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument(
         "--stop-after", type=int, help="stop this run after N epochs (continue later with --resume)"
@@ -84,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name for the card (default: the --out folder's name)")
     p.add_argument("--note", default="", help="opening words of the card's description: data, intended use")
     p.add_argument("--mpp", type=float, default=PCAM_MPP, help="µm/px of the patches (default: PCam's)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_quiet(p)
     return p
 
 
@@ -100,9 +99,11 @@ def open_data(train_path: str, val_path: str | None) -> tuple[PatchDataset, Patc
     return train_data, open_patch_dataset(Path(train_data.paths[0]).parent, split="valid")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+def run_training(args: argparse.Namespace, argv: list[str]) -> int:
+    """Train as parsed (``argv``: the command line, recorded in the card)."""
+    from wsi_pipeline.model.device import resolve_device  # torch: loaded once parsed
+    from wsi_pipeline.training.train import train
+
     config = TrainConfig(
         architecture=args.architecture,
         architecture_args=dict(args.arch_arg),
@@ -120,30 +121,32 @@ def main(argv: list[str] | None = None) -> int:
             **{option.name: getattr(args, option.name) for option in fields(AugmentConfig)}
         ),
     )
-    try:
-        config.validate()
-        device = resolve_device(args.device)
-        train_data, val_data = open_data(args.train_data, args.val)
-        with train_data, val_data:
-            out = train(
-                config,
-                train_data,
-                val_data,
-                args.out,
-                name=args.name,
-                note=args.note,
-                mpp=args.mpp,
-                device=device,
-                command=shlex.join(["wsi-train", *argv]),
-                resume=args.resume,
-                stop_after=args.stop_after,
-                show_progress=not args.quiet,
-            )
-    except (InputError, ValueError) as error:
-        print(f"wsi-train: error: {error}", file=sys.stderr)
-        return 2
+    config.validate()
+    device = resolve_device(args.device)
+    train_data, val_data = open_data(args.train_data, args.val)
+    with train_data, val_data:
+        out = train(
+            config,
+            train_data,
+            val_data,
+            args.out,
+            name=args.name,
+            note=args.note,
+            mpp=args.mpp,
+            device=device,
+            command=shlex.join(["wsi-train", *argv]),
+            resume=args.resume,
+            stop_after=args.stop_after,
+            show_progress=not args.quiet,
+        )
     print(f"ok {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    return run_command("wsi-train", lambda: run_training(args, argv))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.core.progress import Progress
-from wsi_pipeline.datasets.patches import PatchDataset
+from wsi_pipeline.datasets.patches import PatchDataset, open_patch_dataset
 from wsi_pipeline.evaluation.metrics import (
     accuracy,
     balanced_accuracy,
@@ -19,6 +20,7 @@ from wsi_pipeline.evaluation.metrics import (
     sensitivity,
     specificity,
 )
+from wsi_pipeline.model.device import resolve_device
 from wsi_pipeline.model.predict import Model
 
 THRESHOLD = 0.5  # binary: predicted tumour when the tumour class's probability is at least this
@@ -97,3 +99,29 @@ def evaluate_patches(
         progress.close()
     metrics = patch_metrics(np.concatenate(labels), np.concatenate(probs), dataset.class_names)
     return metrics | {"tta": tta}
+
+
+def evaluate_patch_data(
+    model: str | Path,
+    data: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 256,
+    tta: bool = False,
+    device: str = "auto",
+    show_progress: bool = False,
+) -> dict:
+    """A model (folder or bundled name) on labelled patches (PCam folder, Kaggle folder or class folders):
+    ``{"kind": "patches", "data": its description, "metrics": see evaluate_patches, "model": name,
+    architecture, folder and weights sha256}``."""
+    loaded = Model(model, resolve_device(device))
+    with open_patch_dataset(data, split=split) as dataset:
+        metrics = evaluate_patches(loaded, dataset, batch_size, tta, show_progress=show_progress)
+        description = dataset.describe()
+    model_info = {
+        "name": loaded.card.name,
+        "architecture": loaded.card.architecture,
+        "folder": str(loaded.folder),
+        "weights_sha256": loaded.weights_sha256,
+    }
+    return {"kind": "patches", "data": description, "metrics": metrics, "model": model_info}

@@ -1,0 +1,81 @@
+"""What the commands share: the options several of them take, written once, and running a command with
+one-line errors.
+
+Only light modules are imported here (no torch, Dask or matplotlib), so that ``--help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.model.bundled import DEFAULT_MODEL
+
+Options = argparse._ActionsContainer  # a parser, or a group of its options
+
+
+def add_model(p: Options, *, bundled_default: bool = False) -> None:
+    """``--model``; with ``bundled_default`` it defaults to the bundled default model (else it has none)."""
+    help_text = "model folder (model.json + weights), WSInfer model folder, or a bundled model's name"
+    if bundled_default:
+        help_text += (
+            f" (default: {DEFAULT_MODEL}, trained on synthetic data: for demonstration and testing, "
+            "not for diagnosis)"
+        )
+    p.add_argument("--model", default=DEFAULT_MODEL if bundled_default else None, help=help_text)
+
+
+def add_device(p: Options) -> None:
+    """``--device``: where the model runs."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+def add_batch_size(p: Options, default: int) -> None:
+    """``--batch-size``: patches per model call."""
+    p.add_argument("--batch-size", type=int, default=default, help="patches per batch (default: %(default)s)")
+
+
+def add_tta(p: Options) -> None:
+    """``--tta``: 8-fold dihedral test-time augmentation."""
+    p.add_argument(
+        "--tta", action="store_true", help="average each patch's 8 flips/rotations (8× the model's work)"
+    )
+
+
+def add_threshold(p: Options) -> None:
+    """``--threshold``: the tumour probability from which a heatmap cell counts as tumour."""
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="tumour probability from which a cell is tumour (default: %(default)s)",
+    )
+
+
+def add_seed(p: Options, default: int = 0) -> None:
+    """``--seed`` of the random draws."""
+    p.add_argument("--seed", type=int, default=default, help="random seed (default: %(default)s)")
+
+
+def add_quiet(p: Options) -> None:
+    """``-q``/``--quiet``: no progress output."""
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def print_error(prog: str, message: object) -> None:
+    """``PROG: error: MESSAGE`` on stderr (an ``InputError`` reads ``FILE: problem``)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def run_command(prog: str, command: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """``command()``'s exit status; an ``InputError`` or ``ValueError`` is instead one line on stderr and
+    status 2, and Ctrl-C (``KeyboardInterrupt``) ``PROG: INTERRUPTED`` and status 130: no tracebacks."""
+    try:
+        return command()
+    except (InputError, ValueError) as error:
+        print_error(prog, error)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
