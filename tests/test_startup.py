@@ -1,0 +1,77 @@
+"""Fast start: importing the package, every command's ``--help`` and reading a heatmap load neither torch,
+Dask nor matplotlib. Each check runs in a fresh interpreter, so nothing this test session imported counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wsi_pipeline import score_slide
+
+from .conftest import make_slide
+
+HEAVY = ("torch", "dask", "distributed", "matplotlib")
+
+
+def run_fresh(code: str) -> tuple[str, set[str]]:
+    """Run ``code`` in a fresh interpreter: its output (before the module list) and the modules it loaded."""
+    report = "import json, sys; print(json.dumps(sorted(sys.modules)))"
+    run = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{report}"], capture_output=True, text=True, timeout=120, check=True
+    )
+    output, _, modules = run.stdout.rstrip("\n").rpartition("\n")
+    return output, set(json.loads(modules))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(name for name in modules if name.split(".")[0] in HEAVY)
+
+
+def test_importing_the_package_loads_only_its_version():
+    _, modules = run_fresh("import wsi_pipeline")
+    assert heavy(modules) == []
+    assert sorted(name for name in modules if name.startswith("wsi_pipeline")) == [
+        "wsi_pipeline",
+        "wsi_pipeline.core",
+        "wsi_pipeline.core.version",
+    ]
+
+
+PROGS = {"score": "wsi-score", "evaluate": "wsi-eval", "train": "wsi-train", "synth": "wsi-synth"}
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "train", "synth", "synth slides", "synth patches"])
+def test_help_loads_nothing_heavy(command):
+    module, *argv = command.split()
+    code = f"""
+from wsi_pipeline.cli.{module} import main
+try:
+    main({[*argv, "--help"]!r})
+except SystemExit as done:
+    assert done.code == 0, done.code
+"""
+    output, modules = run_fresh(code)
+    assert output.startswith(f"usage: {' '.join([PROGS[module], *argv])} ")
+    assert heavy(modules) == []
+
+
+@pytest.fixture(scope="module")
+def heatmap(tmp_path_factory, probe_model, client):
+    folder = tmp_path_factory.mktemp("startup")
+    make_slide(folder / "s.svs", 1600, 1200, 0.5, [(500, 400, 900, 700)])
+    result = score_slide(folder / "s.svs", probe_model, folder / "out", client=client, show_progress=False)
+    return result.heatmap
+
+
+def test_reading_a_heatmap_loads_nothing_heavy(heatmap):
+    code = f"""
+from wsi_pipeline import read_heatmap
+heatmap = read_heatmap({str(heatmap)!r})
+print(heatmap.complete, int(heatmap.tissue.sum()) > 0)
+"""
+    output, modules = run_fresh(code)
+    assert output == "True True"
+    assert heavy(modules) == []
