@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import torch
 
-from wsi_pipeline import ModelCard, build_module, dask_client, save_model
+from wsi_pipeline import ModelCard, PatchGrid, __version__, build_module, dask_client, save_model
 from wsi_pipeline.model.onnx import CACHE_ENV
 from wsi_pipeline.model.predict import Model
+from wsi_pipeline.store.metadata import HeatmapRecord, ModelRecord, SlideRecord, TissueParameters
 from wsi_pipeline.synthetic.svs import Rect, RectScene, write_slide
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,3 +77,20 @@ def count_patches(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(Model, "predict", counting_predict)
     return scored
+
+
+def heatmap_record(grid: PatchGrid, slide_path: str | Path = "slide.svs") -> HeatmapRecord:
+    """The metadata of a heatmap written by hand (no slide or model scored it: made-up hashes)."""
+    return HeatmapRecord(
+        slide=SlideRecord(
+            str(slide_path), "0" * 64, "tiffslide", grid.mpp0, "file", grid.width0, grid.height0
+        ),
+        model=ModelRecord("hand-made", "hand-made", "0" * 64, "none", "torch"),
+        grid=grid,
+        class_names=("normal", "tumour"),
+        tissue=TissueParameters(threshold=0.5, mpp=8.0),
+        block_cells=16,
+        tta=False,
+        package_version=__version__,
+        started=datetime.now(timezone.utc).isoformat(),
+    )

@@ -82,7 +82,7 @@ def test_batch_table_on_reruns(tmp_path, probe_model, client, rect_slides, monke
     score_slides([rect_slides["b"]], probe_model, out, options=options, client=client, show_progress=False)
     rows = {Path(r["slide"]).name: r for r in _table(out)}
     assert len(rows) == 3 and rows["b.svs"]["status"] == "ok" and rows["a.svs"] == a_row
-    assert rows["b.svs"]["finished"] == read_heatmap(out / "b.zarr").metadata["finished"]
+    assert rows["b.svs"]["finished"] == read_heatmap(out / "b.zarr").metadata.finished
 
 
 def test_reports_follow_the_options_asked_for(tmp_path, probe_model, client, rect_slides):

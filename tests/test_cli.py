@@ -46,13 +46,14 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
         "slide",
         "model",
         "grid",
-        "tissue_threshold",
+        "tissue",
         "package_version",
         "devices",
         "started",
         "finished",
     ):
         assert key in meta
+    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 2)
     assert meta["complete"] is True and meta["devices"] == ["cpu"]
     assert len(meta["slide"]["sha256"]) == 64 and len(meta["model"]["weights_sha256"]) == 64
     # An independent validator of the OME-Zarr 0.5 specification accepts the image and its label image.
@@ -64,12 +65,12 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
 def test_complete_heatmap_is_kept_unless_overwrite(tmp_path, capsys, probe_model, good_slide):
     args = (good_slide, "-o", tmp_path / "out", "--model", probe_model)
     assert run_cli(capsys, *args)[0] == 0
-    started = read_heatmap(tmp_path / "out" / "good.zarr").metadata["started"]
+    started = read_heatmap(tmp_path / "out" / "good.zarr").metadata.started
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and "skipped" in out
-    assert read_heatmap(tmp_path / "out" / "good.zarr").metadata["started"] == started
+    assert read_heatmap(tmp_path / "out" / "good.zarr").metadata.started == started
     assert run_cli(capsys, *args, "--overwrite")[0] == 0
-    assert read_heatmap(tmp_path / "out" / "good.zarr").metadata["started"] != started
+    assert read_heatmap(tmp_path / "out" / "good.zarr").metadata.started != started
 
 
 def test_never_deletes_a_folder_that_is_not_a_heatmap(tmp_path, capsys, probe_model, good_slide):
@@ -126,7 +127,7 @@ def test_mpp_option_scores_a_slide_without_mpp(tmp_path, capsys, probe_model):
     code, _, err = run_cli(capsys, slide, "-o", tmp_path / "out", "--model", probe_model, "--mpp", "0.5")
     assert code == 0, err
     meta = read_heatmap(tmp_path / "out" / "nompp.zarr").metadata
-    assert meta["slide"]["mpp"] == 0.5 and meta["slide"]["mpp_source"] == "--mpp"
+    assert meta.slide.mpp == 0.5 and meta.slide.mpp_source == "--mpp"
 
 
 @pytest.mark.parametrize("broken", ["missing", "no-card", "bad-json", "no-weights"])
@@ -163,4 +164,4 @@ def test_tissue_area_options_are_applied_and_recorded(tmp_path, capsys, probe_mo
     assert code == 0, err
     heatmap = read_heatmap(tmp_path / "out" / "good.zarr")
     assert heatmap.complete and not heatmap.tissue.any() and "(0 patches" in out
-    assert heatmap.metadata["tissue_min_um2"] == 1e6 and heatmap.metadata["tissue_max_hole_um2"] == 10_000
+    assert heatmap.metadata.tissue.min_um2 == 1e6 and heatmap.metadata.tissue.max_hole_um2 == 10_000

@@ -133,9 +133,9 @@ def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slide
     assert wsi_score(cluster, slides, tmp_path / "out", probe_model) == 0
     for slide in slides:
         heatmap = read_heatmap(tmp_path / "out" / f"{slide.stem}.zarr")
-        assert heatmap.complete and heatmap.metadata["devices"] == ["cpu"]
+        assert heatmap.complete and heatmap.metadata.devices == ("cpu",)
         # every worker ran the engine the client chose (auto resolved once), as the in-process run did
-        assert heatmap.metadata["engines"] == [heatmap.metadata["model"]["engine"]]
+        assert heatmap.metadata.engines == (heatmap.metadata.model.engine,)
         np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])
 
     def cached_models() -> list[str]:
@@ -144,7 +144,7 @@ def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slide
         return [weights for weights, *_ in _models]
 
     # both workers scored, each with one copy of the model, cached by its weights' hash
-    weights = read_heatmap(tmp_path / "out" / "a.zarr").metadata["model"]["weights_sha256"]
+    weights = read_heatmap(tmp_path / "out" / "a.zarr").metadata.model.weights_sha256
     assert list(cluster.client.run(cached_models).values()) == [[weights], [weights]]
 
 

@@ -23,7 +23,7 @@ from wsi_pipeline.model.predict import Model
 from wsi_pipeline.model.weights import save_model
 from wsi_pipeline.store.heatmap import HeatmapWriter
 
-from .conftest import make_slide
+from .conftest import heatmap_record, make_slide
 from .test_annotations import qupath_feature, square
 from .test_train import DARK, LIGHT, MID, colour_patches
 
@@ -178,7 +178,9 @@ ASAP = """<?xml version="1.0"?>
 
 
 def write_heatmap(folder: Path, stem: str, tumour: np.ndarray) -> Path:
-    writer = HeatmapWriter(folder / f"{stem}.zarr", GRID, ["normal", "tumour"], 16, {"slide": {"path": stem}})
+    writer = HeatmapWriter(
+        folder / f"{stem}.zarr", GRID, ["normal", "tumour"], 16, heatmap_record(GRID, stem)
+    )
     writer.write_tissue(np.ones(GRID.shape, bool))
     writer.write_block(Block(0, 0, *GRID.shape), np.stack([1 - tumour, tumour]).astype(np.float32))
     writer.finalise()

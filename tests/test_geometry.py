@@ -86,7 +86,7 @@ def test_dark_regions_light_up_their_cells(tmp_path, probe_model, client, mpp, d
     assert heatmap.tissue[in_tissue].all() and not heatmap.tissue[off_tissue].any()
     assert np.isnan(heatmap.probabilities[:, ~heatmap.tissue]).all()
     assert np.isfinite(heatmap.probabilities[:, heatmap.tissue]).all()
-    assert heatmap.metadata["patches_scored"] == int(heatmap.tissue.sum())
+    assert heatmap.metadata.patches_scored == int(heatmap.tissue.sum())
 
 
 def test_openslide_and_tiffslide_give_the_same_heatmap(tmp_path, probe_model, client):

@@ -10,11 +10,13 @@ from wsi_pipeline import Block, InputError, PatchGrid, read_heatmap
 from wsi_pipeline.store.heatmap import HeatmapWriter
 from wsi_pipeline.store.ngff import level_shapes
 
+from .conftest import heatmap_record
+
 GRID = PatchGrid(width0=9000, height0=7000, mpp0=0.25, target_mpp=0.972, patch_size=96, stride=32)
 
 
 def write(tmp_path, finalise=True):
-    writer = HeatmapWriter(tmp_path / "h.zarr", GRID, ["normal", "tumour"], 16, {"note": "test"})
+    writer = HeatmapWriter(tmp_path / "h.zarr", GRID, ["normal", "tumour"], 16, heatmap_record(GRID))
     tissue = np.zeros(GRID.shape, bool)
     tissue[:20, :30] = True
     writer.write_tissue(tissue)

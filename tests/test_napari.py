@@ -24,7 +24,7 @@ if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.env
 from wsi_pipeline import read_heatmap, score_slides
 from wsi_pipeline.napari.layers import TILE
 from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
-from wsi_pipeline.store.heatmap import read_metadata
+from wsi_pipeline.store.heatmap import read_record
 
 from .conftest import make_slide
 
@@ -152,7 +152,7 @@ def test_widget_scores_the_open_slide_and_canvas_shows_it(
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.status.text().startswith("Done"), widget.status.text()
     store = tmp_path / "node.zarr"
-    assert read_metadata(store)["complete"] and (tmp_path / "node.summary.json").is_file()
+    assert read_record(store).complete and (tmp_path / "node.summary.json").is_file()
     probability = widget.heatmap_layer()
     heatmap = read_heatmap(store)
     np.testing.assert_allclose(probability.data, heatmap.probabilities[1], equal_nan=True)
@@ -229,7 +229,7 @@ def test_cancel_leaves_a_heatmap_that_wsi_score_resumes_to_the_uninterrupted_res
     assert main([*common, "-o", str(tmp_path / "out"), "-q"]) == 0
     assert main([*common, "-o", str(tmp_path / "fresh"), "-q"]) == 0
     resumed, fresh = read_heatmap(store), read_heatmap(tmp_path / "fresh" / "node.zarr")
-    assert resumed.complete and len(resumed.metadata["resumed"]) == 1
+    assert resumed.complete and len(resumed.metadata.resumed) == 1
     np.testing.assert_array_equal(resumed.probabilities, fresh.probabilities)
 
     # Score on a complete heatmap keeps it and shows it

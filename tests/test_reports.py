@@ -31,6 +31,8 @@ from wsi_pipeline.synthetic.sets import read_truth_polygons, write_synthetic_sli
 from wsi_pipeline.tiling.grid import Block, tissue_fraction
 from wsi_pipeline.tiling.tissue import detect_tissue
 
+from .conftest import heatmap_record
+
 try:  # an independent validity check when shapely happens to be installed (not a dependency)
     from shapely.geometry import shape as shapely_shape
 except ImportError:
@@ -167,10 +169,7 @@ def synthetic(tmp_path_factory) -> dict:
     probabilities = np.stack([1 - scores, scores]).astype(np.float32)
     probabilities[:, ~tissue] = np.nan
     heatmap_path = folder / "out" / "node.zarr"
-    metadata = {
-        "slide": {"path": str(slide_path), "width0": GRID.width0, "height0": GRID.height0, "mpp": GRID.mpp0},
-        "model": {"name": "hand-made", "weights_sha256": "0" * 64},
-    }
+    metadata = heatmap_record(GRID, slide_path)
     writer = HeatmapWriter(heatmap_path, GRID, ["normal", "tumour"], max(GRID.shape), metadata)
     writer.write_tissue(tissue)
     writer.write_block(Block(0, 0, *GRID.shape), probabilities)
@@ -316,6 +315,7 @@ def test_overlay_shows_the_heatmap_and_outlines_over_the_thumbnail(synthetic):
 
 def test_overlay_without_the_slide_file_draws_on_white(synthetic):
     heatmap = read_heatmap(synthetic["heatmap"])
-    moved = replace(heatmap, metadata={**heatmap.metadata, "slide": {"path": "/nowhere/node.svs"}})
+    slide = replace(heatmap.metadata.slide, path="/nowhere/node.svs")
+    moved = replace(heatmap, metadata=replace(heatmap.metadata, slide=slide))
     thumbnail, _, note = slide_thumbnail(moved)
     assert "no such file" in note and (thumbnail == 255).all()

@@ -94,8 +94,8 @@ def test_interrupted_run_leaves_a_resumable_heatmap_and_resumes_only_missing_blo
     assert result.status == "ok" and f"resumed: {INTERRUPT_AFTER} of " in result.message
     assert sum(scored) == result.patches == reference.tissue.sum() - kept  # only the missing blocks
     resumed = read_heatmap(store)
-    assert resumed.complete and len(resumed.metadata["resumed"]) == 1
-    assert resumed.metadata["patches_scored"] == reference.tissue.sum()
+    assert resumed.complete and len(resumed.metadata.resumed) == 1
+    assert resumed.metadata.patches_scored == reference.tissue.sum()
     np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
     np.testing.assert_array_equal(resumed.tissue, reference.tissue)
     # complete, same slide, model and parameters: skipped, nothing scored
@@ -121,7 +121,7 @@ def test_changed_parameters_are_refused_unless_overwrite(partial, slide, probe_m
     assert snapshot(store) == before and not lock_path(store).exists()
     assert main([*args, "--block-cells", "4", "--overwrite"]) == 0
     redone = read_heatmap(store)
-    assert redone.complete and redone.metadata["block_cells"] == 4 and "resumed" not in redone.metadata
+    assert redone.complete and redone.metadata.block_cells == 4 and redone.metadata.resumed == ()
     # a complete heatmap made with other parameters is refused too, not silently kept
     assert main([*args, "--block-cells", "2"]) == 1
     assert "block cells 4 in the heatmap, 2 now" in capsys.readouterr().err

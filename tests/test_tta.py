@@ -25,7 +25,7 @@ def test_tta_heatmap_is_the_mean_over_the_eight_views_and_never_mixes_with_plain
     assert main([*common, "-o", str(tmp_path / "tta"), "--tta", "--no-reports"]) == 0
     assert main([*common, "-o", str(tmp_path / "plain"), "--no-reports"]) == 0
     tta, plain = (read_heatmap(tmp_path / name / "s.zarr") for name in ("tta", "plain"))
-    assert tta.metadata["tta"] is True and plain.metadata["tta"] is False
+    assert tta.metadata.tta is True and plain.metadata.tta is False
     np.testing.assert_array_equal(tta.tissue, plain.tissue)
 
     model = Model(folder, torch.device("cpu"), "torch")

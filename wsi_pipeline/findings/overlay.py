@@ -34,7 +34,7 @@ def slide_thumbnail(heatmap: Heatmap, max_side: int = THUMBNAIL_MAX_SIDE) -> tup
     grid = heatmap.grid
     mpp = max(grid.mpp0, max(grid.width0, grid.height0) * grid.mpp0 / max_side)
     try:
-        with Slide(heatmap.metadata["slide"]["path"], mpp=grid.mpp0) as slide:
+        with Slide(heatmap.metadata.slide.path, mpp=grid.mpp0) as slide:
             return slide.thumbnail(mpp), mpp, ""
     except InputError as error:
         scale = mpp / grid.mpp0

@@ -21,7 +21,7 @@ from wsi_pipeline.findings.overlay import write_overlay
 from wsi_pipeline.findings.regions import find_regions
 from wsi_pipeline.findings.summary import SCHEMA_VERSION, slide_summary
 from wsi_pipeline.findings.tables import write_tile_table
-from wsi_pipeline.store.heatmap import read_heatmap, read_metadata
+from wsi_pipeline.store.heatmap import read_heatmap, read_record
 
 SUFFIXES = {
     "summary": ".summary.json",
@@ -84,7 +84,7 @@ def current_summary(heatmap_path: str | Path, options: ReportOptions | None = No
         summary = json.loads(paths["summary"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    finished = read_metadata(heatmap_path).get("finished")
+    finished = read_record(heatmap_path).finished
     if summary.get("schema_version") != SCHEMA_VERSION or summary["heatmap"]["finished"] != finished:
         return None
     if options is None:

@@ -71,15 +71,21 @@ def slide_summary(
     scored = int(np.isfinite(scores).sum())
     top_mean, top_cells = top_k_mean(scores, top_k)
     largest = regions[0].diameter_mm if regions else None
-    slide = meta.get("slide", {})
+    slide = meta.slide
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(),
         "package_version": __version__,
-        "heatmap": {"path": str(heatmap_path), "finished": meta.get("finished")},
-        "slide": {key: slide.get(key) for key in ("path", "sha256", "width0", "height0", "mpp")},
-        "model": {key: meta.get("model", {}).get(key) for key in ("name", "weights_sha256")},
+        "heatmap": {"path": str(heatmap_path), "finished": meta.finished},
+        "slide": {
+            "path": slide.path,
+            "sha256": slide.sha256,
+            "width0": slide.width0,
+            "height0": slide.height0,
+            "mpp": slide.mpp,
+        },
+        "model": {"name": meta.model.name, "weights_sha256": meta.model.weights_sha256},
         "tumour_class": heatmap.class_names[tumour_class_index(heatmap.class_names)],
         "threshold": threshold,
         "threshold_rule": "a scored cell is tumour when its tumour probability >= threshold",

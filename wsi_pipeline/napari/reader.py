@@ -24,10 +24,10 @@ def read_heatmap_layers(path: str | Path) -> list[LayerData]:
     summary = current_summary(path)
     threshold = summary["threshold"] if summary else DEFAULT_REPORTS.threshold
     layers = heatmap_layers(heatmap, threshold, heatmap_name(path))
-    slide_meta = heatmap.metadata.get("slide", {})
-    if slide_meta.get("path") and Path(slide_meta["path"]).is_file():
+    scored = heatmap.metadata.slide
+    if Path(scored.path).is_file():
         try:
-            with Slide(slide_meta["path"], slide_meta.get("backend", "auto"), slide_meta.get("mpp")) as slide:
+            with Slide(scored.path, scored.backend, scored.mpp) as slide:
                 layers.insert(0, slide_layer(slide))
         except InputError:
             pass  # moved, replaced or unreadable: the heatmap alone

@@ -3,6 +3,7 @@
 Layout of ``<stem>.zarr``::
 
     zarr.json        ome.multiscales (axes c, y, x in micrometer), omero channel names, wsi_pipeline metadata
+                     (a ``HeatmapRecord``, see ``store.metadata``)
     0/, 1/, ...      class probabilities (c, y, x) float32 per grid cell; NaN where no tissue was scored
     labels/tissue/0, 1, ...   uint8 per grid cell: 1 = tissue (scored), 0 = background (never scored)
     blocks_done/     uint8 per block of cells (one 1-byte chunk each): 1 once the block's scores are on disk
@@ -25,6 +26,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
 from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.store.metadata import HeatmapRecord, as_record, from_dict, migrate, to_dict, updated
 from wsi_pipeline.store.ngff import NGFF_VERSION, halve, level_shapes, multiscales
 from wsi_pipeline.tiling.grid import Block, PatchGrid
 
@@ -53,11 +55,30 @@ def _sync_chunk(array: zarr.Array, chunk_coords: tuple[int, ...]) -> None:
 
 class HeatmapWriter:
     """Creates the store (or reopens a partial one), takes blocks of scores as they finish, records each block
-    as done once its scores are on disk, and marks the heatmap complete at the end."""
+    as done once its scores are on disk, and marks the heatmap complete at the end. ``metadata`` is the
+    heatmap's record, its grid, classes and block size replaced by those given here, no devices or engines and
+    not complete; a metadata dict (of any version) is taken too, while the scoring code still builds one."""
 
     def __init__(
-        self, path: str | Path, grid: PatchGrid, class_names: list[str], block_cells: int, metadata: dict
+        self,
+        path: str | Path,
+        grid: PatchGrid,
+        class_names: list[str],
+        block_cells: int,
+        metadata: HeatmapRecord | dict,
     ) -> None:
+        if not isinstance(metadata, HeatmapRecord):
+            metadata = as_record({**metadata, "grid": grid.to_dict(), "class_names": list(class_names)}, path)
+        metadata = updated(
+            metadata,
+            path,
+            grid=grid,
+            class_names=tuple(class_names),
+            block_cells=block_cells,
+            devices=(),
+            engines=(),
+            complete=False,
+        )
         root = zarr.open_group(path, mode="w", zarr_format=3)
         rows, cols = grid.shape
         chunk = (min(block_cells, max(rows, 1)), min(block_cells, max(cols, 1)))
@@ -82,16 +103,8 @@ class HeatmapWriter:
             fill_value=0,
             compressors=None,
         )
-        metadata = {
-            **metadata,
-            "grid": grid.to_dict(),
-            "class_names": class_names,
-            "devices": [],
-            "engines": [],
-            "complete": False,
-        }
         self._bind(Path(path), root, metadata)
-        self.root.attrs.update(self._ome_attrs(class_names, n_levels=1))
+        self.root.attrs.update(self._ome_attrs(n_levels=1))
         self.tissue_group.attrs.update(self._tissue_attrs(n_levels=1))
 
     @classmethod
@@ -101,12 +114,12 @@ class HeatmapWriter:
         if DONE_ARRAY not in root:
             raise InputError(path, "partial heatmap keeps no record of its finished blocks; --overwrite")
         writer = cls.__new__(cls)
-        writer._bind(Path(path), root, dict(root.attrs[META_KEY]))
+        writer._bind(Path(path), root, read_record(path))
         return writer
 
-    def _bind(self, path: Path, root: zarr.Group, metadata: dict) -> None:
+    def _bind(self, path: Path, root: zarr.Group, metadata: HeatmapRecord) -> None:
         self.path, self.root, self.metadata = path, root, metadata
-        self.grid = PatchGrid(**metadata["grid"])
+        self.grid = metadata.grid
         self._shapes = level_shapes(self.grid.shape)
         self.probabilities = root["0"]
         self.tissue_group = root["labels/tissue"]
@@ -122,20 +135,20 @@ class HeatmapWriter:
         """Whether a block's scores are in the store (from this run or an earlier one)."""
         return bool(self._written[self._block_index(block)])
 
-    def record(self, **metadata: object) -> None:
-        """Update the run metadata in the store."""
-        self.metadata.update(metadata)
-        self.root.attrs.update({META_KEY: self.metadata})
+    def record(self, **changes: object) -> None:
+        """Replace fields of the heatmap's record (``HeatmapRecord`` field values, or their dict and list
+        form) in the store; a heatmap of an earlier version is written as the current one."""
+        self.metadata = updated(self.metadata, self.path, **changes)
+        self.root.attrs.update({META_KEY: to_dict(self.metadata)})
 
     def note_runner(self, device: str, engine: str) -> None:
         """Record the device and engine that scored blocks (all of them, kept across resumed runs)."""
-        seen = {key: self.metadata.get(key, []) for key in ("devices", "engines")}
-        if device not in seen["devices"] or engine not in seen["engines"]:
-            self.record(
-                devices=sorted({*seen["devices"], device}), engines=sorted({*seen["engines"], engine})
-            )
+        devices, engines = self.metadata.devices, self.metadata.engines
+        if device not in devices or engine not in engines:
+            self.record(devices=tuple(sorted({*devices, device})), engines=tuple(sorted({*engines, engine})))
 
-    def _ome_attrs(self, class_names: list[str], n_levels: int) -> dict:
+    def _ome_attrs(self, n_levels: int) -> dict:
+        class_names = self.metadata.class_names
         channels = [
             {"label": name, "active": i == len(class_names) - 1} for i, name in enumerate(class_names)
         ]
@@ -146,7 +159,7 @@ class HeatmapWriter:
             "multiscales": multiscales("probabilities", self.grid, n_levels, with_channel=True),
             "omero": {"channels": channels},
         }
-        return {"ome": ome, META_KEY: self.metadata}
+        return {"ome": ome, META_KEY: to_dict(self.metadata)}
 
     def _tissue_attrs(self, n_levels: int) -> dict:
         return {
@@ -174,8 +187,9 @@ class HeatmapWriter:
         self.done[index] = 1
         self._written[index] = True
 
-    def finalise(self, **metadata: object) -> None:
-        """Build the coarser levels, then mark the heatmap complete (last, so a crash never claims it)."""
+    def finalise(self, **changes: object) -> None:
+        """Build the coarser levels, then record ``changes`` (as ``record``) and mark the heatmap complete
+        (last, so a crash never claims it)."""
         probabilities, tissue = self.probabilities[...], self.tissue[...]
         for level in range(1, len(self._shapes)):
             probabilities, tissue = halve(probabilities, "nanmean"), halve(tissue, "max")
@@ -184,8 +198,8 @@ class HeatmapWriter:
             )
             _create_array(self.tissue_group, str(level), data=tissue, chunks=tissue.shape, overwrite=True)
         self.tissue_group.attrs.update(self._tissue_attrs(len(self._shapes)))
-        self.metadata.update(metadata, complete=True)
-        self.root.attrs.update(self._ome_attrs(self.metadata["class_names"], len(self._shapes)))
+        self.metadata = updated(self.metadata, self.path, **changes, complete=True)
+        self.root.attrs.update(self._ome_attrs(len(self._shapes)))
 
 
 @dataclass
@@ -196,11 +210,11 @@ class Heatmap:
     tissue: np.ndarray  # bool (rows, cols)
     grid: PatchGrid
     class_names: list[str]
-    metadata: dict
+    metadata: HeatmapRecord
 
     @property
     def complete(self) -> bool:
-        return bool(self.metadata.get("complete"))
+        return self.metadata.complete
 
 
 def is_heatmap(path: str | Path) -> bool:
@@ -211,22 +225,34 @@ def is_heatmap(path: str | Path) -> bool:
         return False
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The run metadata of a heatmap store (no arrays are read)."""
+def read_record(path: str | Path) -> HeatmapRecord:
+    """The metadata record of a heatmap store, of any version, checked (no arrays are read)."""
     if not is_heatmap(path):
         raise InputError(path, "not a wsi_pipeline heatmap (no Zarr group with wsi_pipeline metadata)")
-    return dict(zarr.open_group(path, mode="r").attrs[META_KEY])
+    return from_dict(migrate(zarr.open_group(path, mode="r").attrs[META_KEY], path), path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata record of a heatmap store as a dict of the current version, for the scoring code until it
+    reads the record."""
+    return to_dict(read_record(path))
 
 
 def read_heatmap(path: str | Path) -> Heatmap:
     """Read a heatmap store written by ``wsi-score``."""
-    metadata = read_metadata(path)
+    metadata = read_record(path)
     root = zarr.open_group(path, mode="r")
+    probabilities, tissue = root["0"], root["labels/tissue/0"]
+    expected = (len(metadata.class_names), *metadata.grid.shape)
+    if probabilities.shape != expected or tissue.shape != expected[1:]:
+        raise InputError(
+            path, f"heatmap arrays of shape {probabilities.shape} where its metadata says {expected}"
+        )
     return Heatmap(
-        probabilities=root["0"][...],
-        tissue=root["labels/tissue/0"][...].astype(bool),
-        grid=PatchGrid(**metadata["grid"]),
-        class_names=list(metadata["class_names"]),
+        probabilities=probabilities[...],
+        tissue=tissue[...].astype(bool),
+        grid=metadata.grid,
+        class_names=list(metadata.class_names),
         metadata=metadata,
     )
 

@@ -1,11 +1,287 @@
-"""What a heatmap records about its run, and which of it decides whether a heatmap may be resumed or kept."""
+"""The heatmap's metadata record (``wsi_pipeline`` in the store's Zarr attributes): one typed, versioned
+schema, checked when written and read, earlier versions migrated to it, and which of it decides whether a
+heatmap may be resumed or kept.
+
+Versions: 1 — heatmaps written before the schema was versioned (no ``schema`` or ``version`` key, tissue
+parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the oldest); 2 — this one."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import copy
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
+from datetime import datetime
 from pathlib import Path
+from types import UnionType
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.files import file_stamp
 from wsi_pipeline.tiling.grid import PatchGrid
+
+SCHEMA = "wsi_pipeline.heatmap"
+VERSION = 2
+MPP_RANGE = (1e-4, 1e4)  # µm/px any slide, model or tissue image may have
+MAX_SIDE_PX = 1 << 24  # a slide side, level-0 pixels (the largest scans are about 2e5)
+MAX_GRID_CELLS = 1 << 26  # cells of a heatmap (a 2e5-pixel square slide at 0.25 µm/px, stride 32: 2.6e6)
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """The slide scored: where it was, its content, how it was read."""
+
+    path: str  # absolute, when scored
+    sha256: str  # of the file's content
+    backend: str  # the reader: openslide or tiffslide
+    mpp: float  # µm per level-0 pixel used
+    mpp_source: str  # "file", or "--mpp" when given by the user
+    width0: int  # level-0 pixels
+    height0: int
+    size: int | None = None  # bytes and modification time (ns) of the file the sha256 was taken from
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model that scored the heatmap."""
+
+    name: str
+    folder: str  # absolute, when scored
+    weights_sha256: str
+    architecture: str
+    engine: str  # CPU engine given to the workers: torch or onnxruntime (CUDA workers run torch)
+
+
+@dataclass(frozen=True)
+class TissueParameters:
+    """How the tissue (the cells scored) was found."""
+
+    threshold: float  # a cell is scored when its patch's tissue fraction is at least this
+    mpp: float  # µm/px of the image tissue was found on
+    min_um2: float | None = (
+        None  # tissue objects smaller than this dropped (None: made before it was recorded)
+    )
+    max_hole_um2: float | None = None  # holes smaller than this filled (None: as min_um2)
+    saturation_threshold: float | None = (
+        None  # the Otsu threshold found on the saturation (None: not recorded)
+    )
+
+
+@dataclass(frozen=True)
+class HeatmapRecord:
+    """What a heatmap holds and how it was made: slide, model, grid, tissue and scoring parameters, and its
+    runs. Optional fields are None when not (yet) known and are then left out of the stored dict."""
+
+    schema: ClassVar[str] = SCHEMA
+    version: ClassVar[int] = VERSION
+
+    slide: SlideRecord
+    model: ModelRecord
+    grid: PatchGrid
+    class_names: tuple[str, ...]  # the model's classes, one channel of the heatmap each
+    tissue: TissueParameters
+    block_cells: int  # side of a block of cells: one task, one chunk, one byte of blocks_done
+    tta: bool  # each patch scored as the mean of its 8 flips and rotations
+    package_version: str  # of the wsi_pipeline that began the heatmap
+    started: str  # ISO 8601 time the heatmap was begun
+    resumed: tuple[str, ...] = ()  # ISO 8601 times later runs resumed it
+    devices: tuple[str, ...] = ()  # the devices and engines that scored its blocks, over all its runs
+    engines: tuple[str, ...] = ()
+    complete: bool = False  # every block written and the pyramid built
+    patches_scored: int | None = None  # set when complete: tissue cells of the heatmap
+    seconds: float | None = None  # set when complete: time taken by the run that completed it
+    finished: str | None = None  # set when complete: ISO 8601 time
+
+
+def _is_time(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    low_shown, high_shown = (f"{bound:g}" if isinstance(bound, float) else bound for bound in (low, high))
+    return lambda value: low <= value <= high, f"between {low_shown} and {high_shown}"
+
+
+_SHA256 = (lambda value: re.fullmatch(r"[0-9a-f]{64}", value) is not None, "64 hexadecimal digits")
+_TIME = (_is_time, "an ISO 8601 time")
+_POSITIVE = (lambda value: value >= 1, "at least 1")
+_NOT_NEGATIVE = (lambda value: value >= 0, "not negative")
+_MPP = _between(*MPP_RANGE)
+_SIDE = _between(1, MAX_SIDE_PX)
+# What a field's value must be beyond its type (dotted paths into the record; None always passes).
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "slide.sha256": _SHA256,
+    "slide.mpp": _MPP,
+    "slide.width0": _SIDE,
+    "slide.height0": _SIDE,
+    "slide.size": _NOT_NEGATIVE,
+    "slide.mtime_ns": _NOT_NEGATIVE,
+    "model.weights_sha256": _SHA256,
+    "grid.width0": _SIDE,
+    "grid.height0": _SIDE,
+    "grid.mpp0": _MPP,
+    "grid.target_mpp": _MPP,
+    "grid.patch_size": _POSITIVE,
+    "grid.stride": _POSITIVE,
+    "grid": (lambda grid: grid.shape[0] * grid.shape[1] <= MAX_GRID_CELLS, f"at most {MAX_GRID_CELLS} cells"),
+    "class_names": (lambda names: len(names) > 0, "at least one name"),
+    "tissue.threshold": _between(0, 1),
+    "tissue.mpp": _MPP,
+    "tissue.min_um2": _NOT_NEGATIVE,
+    "tissue.max_hole_um2": _NOT_NEGATIVE,
+    "block_cells": _POSITIVE,
+    "started": _TIME,
+    "resumed": (lambda times: all(map(_is_time, times)), "ISO 8601 times"),
+    "patches_scored": _NOT_NEGATIVE,
+    "seconds": _NOT_NEGATIVE,
+    "finished": _TIME,
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+
+
+def _invalid(store: str | Path, where: str, expected: str, value: object) -> InputError:
+    shown = repr(value)
+    return InputError(
+        store, f"heatmap metadata: {where} must be {expected}, not {shown[:60]}{'…' * (len(shown) > 60)}"
+    )
+
+
+def _decode(kind: Any, value: object, where: str, store: str | Path) -> Any:
+    """``value`` (as JSON gives it) as a ``kind``: a dataclass, ``tuple[X, ...]``, ``X | None``, bool, int,
+    float or str, and passing the check of its path, if any."""
+    origin = get_origin(kind)
+    if origin is UnionType:
+        if value is None:
+            return None
+        (kind,) = [arg for arg in get_args(kind) if arg is not type(None)]
+        origin = get_origin(kind)
+    if is_dataclass(kind):
+        result = _decode_fields(kind, value, where, store)
+    elif origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _invalid(store, where, "a list", value)
+        result = tuple(
+            _decode(get_args(kind)[0], item, f"{where}[{i}]", store) for i, item in enumerate(value)
+        )
+    elif kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and abs(value) <= sys.float_info.max):  # NaN, infinities and huge integers fail
+            raise _invalid(store, where, _TYPE_NAMES[kind], value)
+        result = float(value)
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        result = value
+    else:
+        raise _invalid(store, where, _TYPE_NAMES[kind], value)
+    check, expected = _CHECKS.get(where, (None, ""))
+    if check is not None and not check(result):
+        raise _invalid(store, where, expected, value)
+    return result
+
+
+def _path(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _decode_fields(kind: type, value: object, where: str, store: str | Path) -> Any:
+    if not isinstance(value, dict):
+        raise _invalid(store, where, "an object", value)
+    names = {field.name for field in fields(kind)}
+    unknown = sorted(str(key) for key in value if key not in names)
+    if unknown:
+        raise InputError(store, f"heatmap metadata: unknown field {_path(where, unknown[0])}")
+    hints, found = get_type_hints(kind), {}
+    for field in fields(kind):
+        path = _path(where, field.name)
+        if field.name in value:
+            found[field.name] = _decode(hints[field.name], value[field.name], path, store)
+        elif field.default is MISSING:
+            raise InputError(store, f"heatmap metadata lacks {path}")
+    return kind(**found)
+
+
+def _plain(value: object) -> object:
+    """A record (or part of one) as JSON: objects, lists and scalars, None fields left out."""
+    if is_dataclass(value):
+        return {f.name: _plain(v) for f in fields(value) if (v := getattr(value, f.name)) is not None}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def to_dict(record: HeatmapRecord) -> dict:
+    """The record as the store's attributes hold it: schema and version first, None fields left out."""
+    return {"schema": record.schema, "version": record.version, **_plain(record)}
+
+
+def from_dict(metadata: object, store: str | Path = "heatmap metadata") -> HeatmapRecord:
+    """The record of a current-version dict (``migrate`` earlier ones first), every field checked; an
+    ``InputError`` naming ``store`` and the field for anything malformed."""
+    if not isinstance(metadata, dict):
+        raise _invalid(store, "the metadata", "an object", metadata)
+    for key, expected in (("schema", SCHEMA), ("version", VERSION)):
+        if type(metadata.get(key)) is not type(expected) or metadata[key] != expected:
+            raise _invalid(store, key, repr(expected), metadata.get(key))
+    fields_only = {key: value for key, value in metadata.items() if key not in ("schema", "version")}
+    return _decode(HeatmapRecord, fields_only, "", store)
+
+
+def _from_version_1(metadata: dict) -> dict:
+    """Version 1 → 2: the ``tissue_*`` keys grouped as ``tissue``; heatmaps made before the CPU engine and TTA
+    were recorded all ran torch without TTA."""
+    tissue_keys = {f"tissue_{key}": key for key in ("threshold", "mpp", "min_um2", "max_hole_um2")}
+    tissue_keys["tissue_saturation_threshold"] = "saturation_threshold"
+    upgraded = {key: value for key, value in metadata.items() if key not in tissue_keys}
+    upgraded["tissue"] = {new: metadata[old] for old, new in tissue_keys.items() if old in metadata}
+    if isinstance(upgraded.get("model"), dict):
+        upgraded["model"].setdefault("engine", "torch")
+    upgraded.setdefault("tta", False)
+    return {"schema": SCHEMA, "version": 2, **upgraded}
+
+
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1}  # version → its next version
+
+
+def migrate(metadata: object, store: str | Path = "heatmap metadata") -> dict:
+    """Heatmap metadata of any version as a dict of the current version (a copy). Fields are checked by
+    ``from_dict``; a version newer than this code knows is an ``InputError``."""
+    if not isinstance(metadata, dict):
+        raise _invalid(store, "the metadata", "an object", metadata)
+    if metadata.get("schema", SCHEMA) != SCHEMA:
+        raise _invalid(store, "schema", repr(SCHEMA), metadata["schema"])
+    version = metadata.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _invalid(store, "version", "a positive integer", version)
+    if version > VERSION:
+        raise InputError(
+            store,
+            f"heatmap metadata version {version} was written by a newer wsi_pipeline (this one reads "
+            f"versions up to {VERSION}); upgrade wsi_pipeline to read it",
+        )
+    metadata = copy.deepcopy(metadata)
+    for step in range(version, VERSION):
+        metadata = _MIGRATIONS[step](metadata)
+    return metadata
+
+
+def as_record(metadata: HeatmapRecord | dict, store: str | Path = "heatmap metadata") -> HeatmapRecord:
+    """The record itself, or the record of a metadata dict of any version (the scoring code still passes
+    dicts)."""
+    return metadata if isinstance(metadata, HeatmapRecord) else from_dict(migrate(metadata, store), store)
+
+
+def updated(record: HeatmapRecord, store: str | Path, **changes: object) -> HeatmapRecord:
+    """``record`` with some fields replaced (by values of their type, or their dict and list form), checked as
+    it will be read back."""
+    return from_dict(to_dict(replace(record, **changes)), store)
+
 
 # What a heatmap's values depend on (paths into its metadata, and what to call them): a heatmap is resumed or
 # kept only when all of these are the same.
@@ -15,30 +291,30 @@ IDENTITY = {
     ("model", "weights_sha256"): "model weights (sha256)",
     ("model", "engine"): "CPU engine",
     **{("grid", f.name): f"grid {f.name}" for f in fields(PatchGrid)},
-    ("tissue_threshold",): "tissue threshold",
-    ("tissue_mpp",): "tissue µm/px",
-    ("tissue_min_um2",): "tissue min. area",
-    ("tissue_max_hole_um2",): "tissue max. hole area",
+    ("tissue", "threshold"): "tissue threshold",
+    ("tissue", "mpp"): "tissue µm/px",
+    ("tissue", "min_um2"): "tissue min. area",
+    ("tissue", "max_hole_um2"): "tissue max. hole area",
     ("block_cells",): "block cells",
     ("tta",): "test-time augmentation",
 }
-# Values of identity entries in heatmaps made before the entry was recorded (all ran torch, without TTA).
-IDENTITY_BEFORE_RECORDED = {("model", "engine"): "torch", ("tta",): False}
 
 
-def parameter_differences(old: dict, new: dict) -> list[str]:
-    """What a heatmap's values depend on that differs between two runs' metadata, with both values."""
+def parameter_differences(old: HeatmapRecord | dict, new: HeatmapRecord | dict) -> list[str]:
+    """What a heatmap's values depend on that differs between two runs' metadata, with both values (dicts of
+    any version are migrated first, so what earlier heatmaps did not record counts as what they did)."""
 
     def look_up(metadata: dict, keys: tuple[str, ...]) -> object:
         for key in keys:
             if not isinstance(metadata, dict) or key not in metadata:
-                return IDENTITY_BEFORE_RECORDED.get(keys)
+                return None
             metadata = metadata[key]
         return metadata
 
     def shown(value: object) -> str:
         return f"{value[:12]}…" if isinstance(value, str) and len(value) == 64 else repr(value)
 
+    old, new = (to_dict(m) if isinstance(m, HeatmapRecord) else migrate(m) for m in (old, new))
     return [
         f"{name} {shown(look_up(old, keys))} in the heatmap, {shown(look_up(new, keys))} now"
         for keys, name in IDENTITY.items()
@@ -46,18 +322,16 @@ def parameter_differences(old: dict, new: dict) -> list[str]:
     ]
 
 
-def file_stamp(path: Path) -> dict[str, int]:
-    """A file's size and modification time (ns), recorded beside its sha256."""
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def recorded_sha256(existing: dict | None, path: Path) -> str | None:
+def recorded_sha256(existing: HeatmapRecord | dict | None, path: Path) -> str | None:
     """The slide sha256 a heatmap recorded, when the file is still the one it was computed from (same path,
     size and modification time, as make and rsync judge), so re-runs over many slides do not read every file
     again; None otherwise (the file is hashed)."""
-    recorded = (existing or {}).get("slide", {})
-    same_file = recorded.get("path") == str(path.resolve()) and all(
-        recorded.get(key) == value for key, value in file_stamp(path).items()
+    if existing is None:
+        return None
+    slide, stamp = as_record(existing).slide, file_stamp(path)
+    same_file = (slide.path, slide.size, slide.mtime_ns) == (
+        str(path.resolve()),
+        stamp["size"],
+        stamp["mtime_ns"],
     )
-    return recorded.get("sha256") if same_file else None
+    return slide.sha256 if same_file else None

@@ -1,0 +1,261 @@
+"""The heatmap's metadata record: one versioned schema, checked on write and read; heatmaps of version 1
+(written by the code before the record, ``tests/fixtures/heatmap_v1``) read, kept, resumed and migrated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from wsi_pipeline import InputError, ScoreOptions, read_heatmap, score_slides
+from wsi_pipeline.store.heatmap import META_KEY, HeatmapWriter
+from wsi_pipeline.store.metadata import (
+    SCHEMA,
+    VERSION,
+    HeatmapRecord,
+    from_dict,
+    migrate,
+    parameter_differences,
+    to_dict,
+)
+from wsi_pipeline.tiling.grid import PatchGrid
+
+from .conftest import count_patches, heatmap_record
+
+V1 = Path(__file__).parent / "fixtures" / "heatmap_v1"
+SLIDE = V1 / "node.svs"
+OPTIONS = ScoreOptions(block_cells=4, engine="torch")  # as the fixtures were scored
+PROBE = "centre-colour-probe"
+GRID = PatchGrid(width0=9000, height0=7000, mpp0=0.25, target_mpp=0.972, patch_size=96, stride=32)
+ABSURD_GRID = {
+    **GRID.to_dict(),
+    "width0": 10**6,
+    "height0": 10**6,
+    "target_mpp": 0.25,
+    "stride": 1,
+}  # 1e12 cells
+
+
+def stored(store: Path) -> dict:
+    """The metadata as the store's attributes hold it."""
+    return json.loads((store / "zarr.json").read_text())["attributes"][META_KEY]
+
+
+def copied(run: str, out: Path) -> Path:
+    store = out / "node.zarr"
+    shutil.copytree(V1 / run / "node.zarr", store)
+    return store
+
+
+def score(out: Path, client) -> object:
+    (result,) = score_slides(
+        [SLIDE], PROBE, out, options=OPTIONS, client=client, show_progress=False, reports=None
+    )
+    return result
+
+
+def test_version_1_heatmaps_are_read_as_records():
+    complete, partial = (read_heatmap(V1 / run / "node.zarr") for run in ("complete", "partial"))
+    assert complete.complete and not partial.complete
+    for heatmap in (complete, partial):
+        record = heatmap.metadata
+        assert isinstance(record, HeatmapRecord) and record.version == VERSION
+        assert heatmap.grid == record.grid and heatmap.class_names == ["light", "dark"]
+        assert heatmap.probabilities.shape == (2, *record.grid.shape) == (2, 10, 12)
+        assert (record.model.name, record.model.engine, record.tta) == (PROBE, "torch", False)
+        assert (record.tissue.threshold, record.tissue.mpp, record.block_cells) == (0.5, 8.0, 4)
+        assert record.slide.sha256 == "065c96b340c5326be01af45510184d1dc7a1adffe4c8eabe40cffd4bcc18f2a5"
+    assert complete.metadata.patches_scored == complete.tissue.sum() == 63
+    assert partial.metadata.finished is None and partial.metadata.resumed == ()
+    scored = np.isfinite(partial.probabilities[1])
+    assert 0 < scored.sum() < partial.tissue.sum()
+    np.testing.assert_array_equal(partial.probabilities[:, scored], complete.probabilities[:, scored])
+
+
+def test_version_1_migrates_exactly():
+    old = stored(V1 / "complete" / "node.zarr")
+    tissue_keys = ("tissue_threshold", "tissue_mpp", "tissue_min_um2", "tissue_max_hole_um2")
+    expected = {
+        key: value for key, value in old.items() if key not in (*tissue_keys, "tissue_saturation_threshold")
+    }
+    expected |= {
+        "schema": SCHEMA,
+        "version": 2,
+        "tissue": {
+            "threshold": 0.5,
+            "mpp": 8.0,
+            "min_um2": 10_000.0,
+            "max_hole_um2": 10_000.0,
+            "saturation_threshold": old["tissue_saturation_threshold"],
+        },
+    }
+    before = json.dumps(old)
+    assert migrate(old) == expected and json.dumps(old) == before  # a copy: the input is left alone
+    assert to_dict(from_dict(migrate(old))) == {**expected, "resumed": []}  # written back, nothing lost
+    assert list(to_dict(from_dict(migrate(old))))[:2] == ["schema", "version"]
+    # the oldest: before the engine, TTA, tissue areas, engines and file stamp were recorded
+    oldest = {key: value for key, value in old.items() if key not in ("tta", "engines", *tissue_keys[2:])}
+    oldest["model"] = {key: value for key, value in old["model"].items() if key != "engine"}
+    oldest["slide"] = {key: value for key, value in old["slide"].items() if key not in ("size", "mtime_ns")}
+    record = from_dict(migrate(oldest))
+    assert (record.model.engine, record.tta, record.engines) == ("torch", False, ())
+    assert (record.tissue.min_um2, record.tissue.max_hole_um2, record.slide.size) == (None, None, None)
+    # what a heatmap's values depend on compares alike across versions, records and dicts
+    assert parameter_differences(old, record) == [
+        "tissue min. area 10000.0 in the heatmap, None now",
+        "tissue max. hole area 10000.0 in the heatmap, None now",
+    ]
+    assert parameter_differences(oldest, from_dict(migrate(old)))[0] == (
+        "tissue min. area None in the heatmap, 10000.0 now"
+    )
+    tissue = replace(record.tissue, threshold=0.6, min_um2=10_000.0, max_hole_um2=10_000.0)
+    changed = replace(record, tissue=tissue)
+    assert parameter_differences(old, changed) == ["tissue threshold 0.5 in the heatmap, 0.6 now"]
+
+
+def test_a_record_round_trips_and_leaves_unknown_fields_out():
+    record = heatmap_record(GRID)
+    written = to_dict(record)
+    assert written["schema"] == SCHEMA and written["version"] == VERSION == 2
+    assert "finished" not in written and "size" not in written["slide"]
+    assert from_dict(json.loads(json.dumps(written))) == record
+
+
+def test_a_newer_version_is_refused_and_its_heatmap_left_alone(tmp_path, client):
+    store = copied("complete", tmp_path)
+    root = zarr.open_group(store, mode="r+")
+    root.attrs[META_KEY] = {**to_dict(read_heatmap(store).metadata), "version": VERSION + 1}
+    before = (store / "zarr.json").read_bytes()
+    with pytest.raises(InputError, match="written by a newer wsi_pipeline") as error:
+        read_heatmap(store)
+    assert error.value.path == str(store)
+    result = score(tmp_path, client)
+    assert result.status == "failed" and "written by a newer wsi_pipeline" in result.message
+    assert (store / "zarr.json").read_bytes() == before
+
+
+def valid() -> dict:
+    return to_dict(replace(heatmap_record(GRID), complete=True, patches_scored=5, seconds=1.5))
+
+
+def changed(path: str, value: object) -> dict:
+    """``valid()`` with the field at a dotted path set to ``value`` (removed when ``value`` is ``...``)."""
+    metadata, *parents, key = [valid(), *path.split(".")]
+    inner = metadata
+    for parent in parents:
+        inner = inner[parent]
+    if value is ...:
+        del inner[key]
+    else:
+        inner[key] = value
+    return metadata
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("grid.width0", "9000", "grid.width0 must be an integer, not '9000'"),
+        ("grid.width0", 10**9, "grid.width0 must be between 1 and 16777216"),
+        ("grid.stride", 0, "grid.stride must be at least 1"),
+        ("grid.target_mpp", 1e-6, "grid.target_mpp must be between 0.0001 and 10000"),
+        ("grid", ABSURD_GRID, "grid must be at most 67108864 cells"),
+        ("slide.mpp", float("nan"), "slide.mpp must be a finite number, not nan"),
+        ("seconds", float("inf"), "seconds must be a finite number, not inf"),
+        ("seconds", 10**400, "seconds must be a finite number"),
+        ("seconds", -1.0, "seconds must be not negative"),
+        ("slide.sha256", "abc", "slide.sha256 must be 64 hexadecimal digits"),
+        ("model.weights_sha256", ..., "lacks model.weights_sha256"),
+        ("tissue", ..., "lacks tissue"),
+        ("tissue.threshold", 2, "tissue.threshold must be between 0 and 1"),
+        ("class_names", [], "class_names must be at least one name"),
+        ("class_names", "abc", "class_names must be a list"),
+        ("class_names", ["a", 1], "class_names[1] must be text"),
+        ("complete", "yes", "complete must be true or false"),
+        ("block_cells", True, "block_cells must be an integer, not True"),
+        ("started", "yesterday", "started must be an ISO 8601 time"),
+        ("resumed", ["2026-11-29T00:00:00+00:00", "later"], "resumed must be ISO 8601 times"),
+        ("slide", "s.svs", "slide must be an object"),
+        ("slide.owner", "me", "unknown field slide.owner"),
+        ("notes", "x" * 1000, "unknown field notes"),
+        ("version", "2", "version must be a positive integer, not '2'"),
+        ("version", 0, "version must be a positive integer"),
+        ("schema", "other.heatmap", "schema must be 'wsi_pipeline.heatmap'"),
+    ],
+)
+def test_malformed_metadata_is_an_input_error_naming_the_store_and_field(path, value, message):
+    with pytest.raises(InputError, match="^" + "h.zarr: heatmap metadata.*") as error:
+        from_dict(migrate(changed(path, value), "h.zarr"), "h.zarr")
+    assert message in str(error.value) and len(str(error.value)) < 200
+
+
+def test_metadata_of_the_wrong_shape_is_an_input_error():
+    for metadata in ([], None, "wsi"):
+        with pytest.raises(InputError, match="the metadata must be an object"):
+            migrate(metadata, "h.zarr")
+    with pytest.raises(InputError, match="version must be 2, not 1"):
+        from_dict({**valid(), "version": 1})
+
+
+def test_malformed_metadata_in_a_store_and_arrays_it_does_not_describe_are_refused(tmp_path):
+    store = copied("partial", tmp_path)
+    root = zarr.open_group(store, mode="r+")
+    good = stored(store)
+    root.attrs[META_KEY] = {**good, "block_cells": -4}
+    with pytest.raises(InputError, match=f"^{store}: heatmap metadata: block_cells must be at least 1"):
+        read_heatmap(store)
+    with pytest.raises(InputError, match="block_cells must be at least 1"):
+        HeatmapWriter.reopen(store)
+    root.attrs[META_KEY] = {**good, "grid": {**good["grid"], "stride": 48}}
+    with pytest.raises(
+        InputError, match=r"arrays of shape \(2, 10, 12\) where its metadata says \(2, 19, 24\)"
+    ):
+        read_heatmap(store)
+
+
+def test_the_writer_checks_what_it_records(tmp_path):
+    with pytest.raises(InputError, match="started must be an ISO 8601 time"):
+        HeatmapWriter(
+            tmp_path / "h.zarr", GRID, ["normal", "tumour"], 16, replace(heatmap_record(GRID), started="soon")
+        )
+    writer = HeatmapWriter(tmp_path / "h.zarr", GRID, ["normal", "tumour"], 16, heatmap_record(GRID))
+    with pytest.raises(InputError, match="patches_scored must be not negative"):
+        writer.record(patches_scored=-1)
+    writer.record(resumed=["2026-11-29T00:00:00+00:00"])  # the list form of a field is taken too
+    assert read_heatmap(writer.path).metadata.resumed == ("2026-11-29T00:00:00+00:00",)
+
+
+def test_a_complete_version_1_heatmap_is_kept(tmp_path, client):
+    store = copied("complete", tmp_path)
+    before = read_heatmap(store)
+    result = score(tmp_path, client)
+    assert result.status == "skipped" and "complete heatmap exists" in result.message
+    after = read_heatmap(store)
+    np.testing.assert_array_equal(after.probabilities, before.probabilities)
+    # the slide was hashed (it is not where the heatmap says): its new place is recorded, as version 2
+    assert stored(store)["version"] == VERSION and after.metadata.slide.path == str(SLIDE.resolve())
+    assert after.metadata == replace(before.metadata, slide=after.metadata.slide)
+    assert parameter_differences(before.metadata, after.metadata) == []
+
+
+def test_a_partial_version_1_heatmap_is_resumed_to_the_uninterrupted_result(tmp_path, client, monkeypatch):
+    store = copied("partial", tmp_path / "resumed")
+    before = read_heatmap(store)
+    kept = int(np.isfinite(before.probabilities[1]).sum())
+    scored = count_patches(monkeypatch)
+    result = score(store.parent, client)
+    assert result.status == "ok" and "resumed: 2 of 9 blocks were written" in result.message
+    assert sum(scored) == result.patches == before.tissue.sum() - kept  # only the missing blocks
+    resumed = read_heatmap(store)
+    assert resumed.complete and stored(store)["version"] == VERSION
+    assert resumed.metadata.started == before.metadata.started and len(resumed.metadata.resumed) == 1
+    assert resumed.metadata.patches_scored == resumed.tissue.sum()
+    fresh = read_heatmap(score(tmp_path / "fresh", client).heatmap)
+    assert parameter_differences(resumed.metadata, fresh.metadata) == []
+    for reference in (fresh, read_heatmap(V1 / "complete" / "node.zarr")):  # this code's, and the old code's
+        np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
+        np.testing.assert_array_equal(resumed.tissue, reference.tissue)
