@@ -36,7 +36,8 @@ HEATMAP_OPACITY = 0.6
 def _read_chunk(source: SlideSource, level: int, block_info: dict) -> np.ndarray:
     """One chunk of a slide level, read through this process's open handle on the slide."""
     (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-    return worker_slide(source).read_level(level, x0, y0, x1 - x0, y1 - y0)
+    with worker_slide(source) as slide:
+        return slide.read_level(level, x0, y0, x1 - x0, y1 - y0)
 
 
 def slide_levels(slide: Slide) -> list[da.Array]:

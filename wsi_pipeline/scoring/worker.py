@@ -1,12 +1,22 @@
 """Scoring one block on a worker: open the slide and the model once per process, read, cut, score.
 
-A task receives only coordinates and paths (never pixels); the returned scores are a few kB per block."""
+A task receives only coordinates and paths (never pixels); the returned scores are a few kB per block.
+
+Each process keeps its open slides (the ``_OPEN_SLIDES_MAX`` most recently used, so many-slide batches stay
+bounded) and its models. Several threads use them at once (a worker with threads, the in-process ``threads``
+scheduler, napari's chunk readers), so one lock guards both caches: a slide or model that several threads miss
+at once is opened or loaded once, by the first of them, while the others wait for it; a slide is pinned while
+a thread reads it (``with worker_slide(source) as slide:``), and only handles no thread holds are closed when
+the cache is over its size."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -16,10 +26,24 @@ from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.tiling.grid import Block, PatchGrid
 from wsi_pipeline.tiling.patches import read_block_patches
 
+T = TypeVar("T")
+
+
+class _Entry(Generic[T]):
+    """A cached slide or model: made by the first thread that missed it (the others wait until ``ready``), and
+    held by ``users`` threads (slides only: a held slide is never closed by eviction)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.users = 0
+
+
 _OPEN_SLIDES_MAX = 8
-_open_slides: OrderedDict[tuple, Slide] = OrderedDict()
-_models: dict[tuple[str, str, str], Model] = {}
-_models_lock = threading.Lock()  # a worker with several threads loads each model once
+_lock = threading.Lock()  # guards both caches; slides are opened and models loaded outside it
+_open_slides: OrderedDict[tuple, _Entry[Slide]] = OrderedDict()  # least recently released first
+_models: dict[tuple, _Entry[Model]] = {}
 
 
 @dataclass(frozen=True)
@@ -42,29 +66,86 @@ class ModelSource:
     engine: str = "torch"
 
 
-def worker_slide(source: SlideSource) -> Slide:
-    """This process's open handle on a slide (a small LRU, so many-slide batches stay bounded)."""
+def _cached(
+    cache: dict[Hashable, _Entry[T]], key: Hashable, make: Callable[[], T], *, hold: bool
+) -> _Entry[T]:
+    """The ready entry of ``key``: made here (outside the lock) when this thread misses it first, else the
+    one made by that thread, waited for. ``hold`` counts this thread among its users. A failure to make it
+    is raised to every thread waiting for it, and nothing is cached."""
+    with _lock:
+        entry = cache.get(key)
+        missed = entry is None
+        if missed:
+            entry = cache[key] = _Entry()
+        entry.users += hold
+    if not missed:
+        entry.ready.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry
+    try:
+        entry.value = make()
+    except BaseException as error:
+        entry.error = error
+        with _lock:
+            if cache.get(key) is entry:
+                del cache[key]
+        raise
+    finally:
+        entry.ready.set()
+    return entry
+
+
+def _release_slide(key: tuple, entry: _Entry[Slide]) -> None:
+    """A thread is done with a slide: it becomes the most recently used, and while the cache holds more than
+    ``_OPEN_SLIDES_MAX`` slides, the least recently used that no thread holds are closed."""
+    with _lock:
+        entry.users -= 1
+        if _open_slides.get(key) is entry:
+            _open_slides.move_to_end(key)
+        surplus = len(_open_slides) - _OPEN_SLIDES_MAX
+        idle = [idle_key for idle_key, cached in _open_slides.items() if cached.users == 0]
+        for idle_key in idle[: max(surplus, 0)]:  # closed under the lock: a key is never open twice
+            _open_slides.pop(idle_key).value.close()
+
+
+@contextlib.contextmanager
+def worker_slide(source: SlideSource) -> Iterator[Slide]:
+    """This process's open handle on a slide, held (never closed) until the ``with`` block ends.
+
+    Args:
+        source: the slide file, backend and µm/px.
+
+    Yields:
+        The open slide, shared with the other threads of this process reading the same slide.
+    """
     key = (source.path, source.backend, source.mpp)
-    if key in _open_slides:
-        _open_slides.move_to_end(key)
-    else:
-        _open_slides[key] = Slide(source.path, source.backend, source.mpp)
-        while len(_open_slides) > _OPEN_SLIDES_MAX:
-            _open_slides.popitem(last=False)[1].close()
-    return _open_slides[key]
+    entry = _cached(_open_slides, key, lambda: Slide(source.path, source.backend, source.mpp), hold=True)
+    try:
+        yield entry.value
+    finally:
+        _release_slide(key, entry)
+
+
+def _load_model(source: ModelSource) -> Model:
+    device = resolve_device(source.device)
+    model = Model(source.folder, device, source.engine if device.type == "cpu" else "torch")
+    if model.weights_sha256 != source.weights_sha256:
+        raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
+    return model
 
 
 def worker_model(source: ModelSource) -> Model:
-    """This process's copy of the model on its device, loaded on first use."""
+    """This process's copy of the model on its device, loaded on first use (once, however many threads ask).
+
+    Args:
+        source: the model folder, its weights' sha256, the device and the CPU engine.
+
+    Returns:
+        The loaded model, shared by the threads of this process.
+    """
     key = (source.weights_sha256, source.device, source.engine)
-    with _models_lock:
-        if key not in _models:
-            device = resolve_device(source.device)
-            model = Model(source.folder, device, source.engine if device.type == "cpu" else "torch")
-            if model.weights_sha256 != source.weights_sha256:
-                raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
-            _models[key] = model
-    return _models[key]
+    return _cached(_models, key, lambda: _load_model(source), hold=False).value
 
 
 def score_block(
@@ -76,10 +157,24 @@ def score_block(
     batch_size: int,
     tta: bool = False,
 ) -> tuple[Block, np.ndarray, str, str]:
-    """Probabilities (classes, n_rows, n_cols) of a block's tissue cells (NaN elsewhere), and the device and
-    engine that scored them."""
+    """Score a block's tissue cells (the Dask task).
+
+    Args:
+        slide: how to open the slide.
+        model: how to load the model.
+        grid: the slide's patch grid.
+        block: the block of grid cells.
+        cells: (n_rows, n_cols) bool: the block's cells to score.
+        batch_size: patches per model call.
+        tta: average each patch's 8 flips and rotations.
+
+    Returns:
+        The block; its probabilities (classes, n_rows, n_cols), NaN where not scored; and the device and
+        engine that scored them.
+    """
     loaded = worker_model(model)
-    patches = read_block_patches(worker_slide(slide), grid, block, cells)
+    with worker_slide(slide) as opened:
+        patches = read_block_patches(opened, grid, block, cells)
     scores = loaded.predict(patches, batch_size, tta)
     out = np.full((len(loaded.card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
     out[:, cells] = scores.T
