@@ -47,13 +47,24 @@ class SlideRun:
     error: Exception | None = None  # planning's or a block's
 
     @property
-    def done(self) -> bool:
+    def ready_to_settle(self) -> bool:
         """Whether the slide can be settled: failed, or none of its blocks left to write."""
         return self.error is not None or self.unwritten == 0
 
 
 class Scheduler:
-    """One run of slides through the cluster behind ``client`` (see the module's docstring)."""
+    """One run of slides through the cluster behind ``client`` (see the module's docstring).
+
+    Args:
+        client: a ``distributed.Client``.
+        model: the model as the workers load it.
+        options: the run's options (batch size and TTA of the block tasks).
+        plan: plans a slide (in the planning thread); never raises.
+        settle: settles a slide (in this thread), in slide order.
+        show_progress: a progress bar (or log lines) per slide.
+        on_event: called (in this thread) with each ``SlidePlanned`` and ``BlockWritten``.
+        stop: once set, the run ends after the block being written.
+    """
 
     def __init__(
         self,
@@ -67,17 +78,6 @@ class Scheduler:
         on_event: Callable[[ScoringEvent], object] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        """
-        Args:
-            client: a ``distributed.Client``.
-            model: the model as the workers load it.
-            options: the run's options (batch size and TTA of the block tasks).
-            plan: plans a slide (in the planning thread); never raises.
-            settle: settles a slide (in this thread), in slide order.
-            show_progress: a progress bar (or log lines) per slide.
-            on_event: called (in this thread) with each ``SlidePlanned`` and ``BlockWritten``.
-            stop: once set, the run ends after the block being written.
-        """
         self.client, self.model, self.options = client, model, options
         self.plan, self.settle, self.show_progress = plan, settle, show_progress
         self.on_event, self.stop = on_event or (lambda event: None), stop or threading.Event()
@@ -107,7 +107,7 @@ class Scheduler:
                 self._fill()
                 if not self.in_flight.is_empty():
                     self._land(*next(self.in_flight))
-                while self.active and self.active[0].done:
+                while self.active and self.active[0].ready_to_settle:
                     results.append(self._settle(self.active.popleft()))
         finally:
             self._abandon()
