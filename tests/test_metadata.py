@@ -188,14 +188,14 @@ def changed(path: str, value: object) -> dict:
     ],
 )
 def test_malformed_metadata_is_an_input_error_naming_the_store_and_field(path, value, message):
-    with pytest.raises(InputError, match="^" + "h.zarr: heatmap metadata.*") as error:
+    with pytest.raises(InputError, match=r"^h\.zarr: heatmap metadata") as error:
         from_dict(migrate(changed(path, value), "h.zarr"), "h.zarr")
     assert message in str(error.value) and len(str(error.value)) < 200
 
 
 def test_metadata_of_the_wrong_shape_is_an_input_error():
     for metadata in ([], None, "wsi"):
-        with pytest.raises(InputError, match="the metadata must be an object"):
+        with pytest.raises(InputError, match=r"^h\.zarr: heatmap metadata must be an object"):
             migrate(metadata, "h.zarr")
     with pytest.raises(InputError, match="version must be 2, not 1"):
         from_dict({**valid(), "version": 1})

@@ -60,13 +60,9 @@ class TissueParameters:
 
     threshold: float  # a cell is scored when its patch's tissue fraction is at least this
     mpp: float  # µm/px of the image tissue was found on
-    min_um2: float | None = (
-        None  # tissue objects smaller than this dropped (None: made before it was recorded)
-    )
+    min_um2: float | None = None  # objects smaller than this dropped (None: made before it was recorded)
     max_hole_um2: float | None = None  # holes smaller than this filled (None: as min_um2)
-    saturation_threshold: float | None = (
-        None  # the Otsu threshold found on the saturation (None: not recorded)
-    )
+    saturation_threshold: float | None = None  # the Otsu threshold found on the saturation
 
 
 @dataclass(frozen=True)
@@ -146,10 +142,9 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number
 
 
 def _invalid(store: str | Path, where: str, expected: str, value: object) -> InputError:
-    shown = repr(value)
-    return InputError(
-        store, f"heatmap metadata: {where} must be {expected}, not {shown[:60]}{'…' * (len(shown) > 60)}"
-    )
+    """The error for a field (``where``, a dotted path; "" for the whole) that is not what it must be."""
+    subject, shown = f"heatmap metadata: {where}" if where else "heatmap metadata", repr(value)
+    return InputError(store, f"{subject} must be {expected}, not {shown[:60]}{'…' * (len(shown) > 60)}")
 
 
 def _decode(kind: Any, value: object, where: str, store: str | Path) -> Any:
@@ -221,11 +216,11 @@ def to_dict(record: HeatmapRecord) -> dict:
     return {"schema": record.schema, "version": record.version, **_plain(record)}
 
 
-def from_dict(metadata: object, store: str | Path = "heatmap metadata") -> HeatmapRecord:
+def from_dict(metadata: object, store: str | Path = "<metadata>") -> HeatmapRecord:
     """The record of a current-version dict (``migrate`` earlier ones first), every field checked; an
     ``InputError`` naming ``store`` and the field for anything malformed."""
     if not isinstance(metadata, dict):
-        raise _invalid(store, "the metadata", "an object", metadata)
+        raise _invalid(store, "", "an object", metadata)
     for key, expected in (("schema", SCHEMA), ("version", VERSION)):
         if type(metadata.get(key)) is not type(expected) or metadata[key] != expected:
             raise _invalid(store, key, repr(expected), metadata.get(key))
@@ -249,11 +244,11 @@ def _from_version_1(metadata: dict) -> dict:
 _MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1}  # version → its next version
 
 
-def migrate(metadata: object, store: str | Path = "heatmap metadata") -> dict:
+def migrate(metadata: object, store: str | Path = "<metadata>") -> dict:
     """Heatmap metadata of any version as a dict of the current version (a copy). Fields are checked by
     ``from_dict``; a version newer than this code knows is an ``InputError``."""
     if not isinstance(metadata, dict):
-        raise _invalid(store, "the metadata", "an object", metadata)
+        raise _invalid(store, "", "an object", metadata)
     if metadata.get("schema", SCHEMA) != SCHEMA:
         raise _invalid(store, "schema", repr(SCHEMA), metadata["schema"])
     version = metadata.get("version", 1)
@@ -271,7 +266,7 @@ def migrate(metadata: object, store: str | Path = "heatmap metadata") -> dict:
     return metadata
 
 
-def as_record(metadata: HeatmapRecord | dict, store: str | Path = "heatmap metadata") -> HeatmapRecord:
+def as_record(metadata: HeatmapRecord | dict, store: str | Path = "<metadata>") -> HeatmapRecord:
     """The record itself, or the record of a metadata dict of any version (the scoring code still passes
     dicts)."""
     return metadata if isinstance(metadata, HeatmapRecord) else from_dict(migrate(metadata, store), store)
@@ -329,9 +324,5 @@ def recorded_sha256(existing: HeatmapRecord | dict | None, path: Path) -> str | 
     if existing is None:
         return None
     slide, stamp = as_record(existing).slide, file_stamp(path)
-    same_file = (slide.path, slide.size, slide.mtime_ns) == (
-        str(path.resolve()),
-        stamp["size"],
-        stamp["mtime_ns"],
-    )
-    return slide.sha256 if same_file else None
+    same_stamp = (slide.size, slide.mtime_ns) == (stamp["size"], stamp["mtime_ns"])
+    return slide.sha256 if same_stamp and slide.path == str(path.resolve()) else None
