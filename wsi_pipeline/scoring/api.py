@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
 from wsi_pipeline.model.bundled import resolve_model_folder
@@ -24,13 +25,16 @@ from wsi_pipeline.scoring.planning import model_source, plan_slide
 from wsi_pipeline.scoring.scheduler import Scheduler
 from wsi_pipeline.scoring.settling import Settle, cancelled_result, settle_alone, settle_in_batch
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 
 def score_slide(
     slide_path: str | Path,
     model_folder: str | Path,
     out_dir: str | Path,
     *,
-    client,
+    client: Client,
     options: ScoreOptions = ScoreOptions(),
     show_progress: bool = True,
     reports: ReportOptions | None = None,
@@ -85,7 +89,7 @@ def score_slides(
     options: ScoreOptions = ScoreOptions(),
     scheduler: str = "local",
     n_workers: int | None = None,
-    client=None,
+    client: Client | None = None,
     show_progress: bool = True,
     reports: ReportOptions | None = DEFAULT_REPORTS,
 ) -> list[SlideResult]:
@@ -136,7 +140,7 @@ def score_slides(
 
 
 def _score(
-    client,
+    client: Client,
     slide_paths: Sequence[str | Path],
     model_folder: Path,
     out_dir: str | Path,

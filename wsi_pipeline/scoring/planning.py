@@ -112,7 +112,16 @@ def heatmap_metadata(
 
 
 def tissue_cells(slide: Slide, grid: PatchGrid, options: ScoreOptions) -> tuple[np.ndarray, TissueMask]:
-    """The grid cells to score (tissue fraction ≥ the threshold) and the tissue mask they come from."""
+    """The grid cells to score and the tissue mask they come from.
+
+    Args:
+        slide: the open slide.
+        grid: its patch grid.
+        options: the tissue options (µm/px of the mask, smallest object and largest hole, threshold).
+
+    Returns:
+        (rows, cols) bool, True where a cell's tissue fraction reaches the threshold; and the tissue mask.
+    """
     tissue = detect_tissue(
         slide.thumbnail(options.tissue_mpp),
         options.tissue_mpp,

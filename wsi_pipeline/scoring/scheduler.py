@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_pipeline.core.progress import Progress
 from wsi_pipeline.scoring.options import BlockWritten, ScoreOptions, ScoringEvent, SlidePlanned, SlideResult
@@ -28,10 +29,14 @@ from wsi_pipeline.scoring.settling import Settle
 from wsi_pipeline.scoring.worker import ModelSource, score_block
 from wsi_pipeline.tiling.grid import Block
 
+if TYPE_CHECKING:
+    from distributed import Client
+    from distributed import Future as Task
+
 PLANNED_AHEAD = 2  # slides planned ahead of the blocks being submitted
 
 
-def window(client) -> int:
+def window(client: Client) -> int:
     """How many blocks to keep in flight on the cluster behind ``client``: two per worker thread, plus two."""
     return 2 * sum(client.nthreads().values()) + 2
 
@@ -68,7 +73,7 @@ class Scheduler:
 
     def __init__(
         self,
-        client,
+        client: Client,
         *,
         model: ModelSource,
         options: ScoreOptions,
@@ -85,7 +90,7 @@ class Scheduler:
         self.paths: Iterator[str | Path] = iter(())  # slides not planned yet
         self.planned: deque[Future[SlidePlan]] = deque()  # in slide order
         self.active: deque[SlideRun] = deque()  # taken up, in slide order
-        self.owners: dict = {}  # block future → (its SlideRun, its Block)
+        self.owners: dict[Task, tuple[SlideRun, Block]] = {}  # a block's task → its slide and block
         from distributed import as_completed
 
         self.in_flight = as_completed(with_results=True, raise_errors=False)  # results fetched as they land
@@ -155,7 +160,7 @@ class Scheduler:
         self.owners[future] = (run, block)
         self.in_flight.add(future)
 
-    def _land(self, future, outcome: object) -> None:
+    def _land(self, future: Task, outcome: object) -> None:
         """Write a block's scores into its slide's heatmap; a block that failed fails its slide only."""
         run, block = self.owners.pop(future, (None, None))
         if run is None:  # cancelled with its slide
