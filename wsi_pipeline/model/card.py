@@ -38,6 +38,8 @@ class ModelCard:
     license: str = ""
     input_size: int | None = None  # side the model takes the patch at (resized on the device); None = as cut
     weights_format: str = "state_dict"  # or "torchscript": the weights file is a TorchScript archive
+    intended_use: str = ""  # what the model is for (and not for), in the publisher's or trainer's words
+    source: dict = field(default_factory=dict)  # a downloaded model: repo, revision, files, sha256, citation
 
     @property
     def n_outputs(self) -> int:
