@@ -1,4 +1,5 @@
-"""Architectures by name: timm, torchvision, ``compact_cnn`` and the ``centre_colour`` probe."""
+"""Architectures by name: a registry of our own and publishers' (``compact_cnn``, the ``centre_colour`` probe,
+``tiatoolbox_cnn``), and any timm or torchvision model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from wsi_pipeline.model.card import ModelCard
 from wsi_pipeline.model.compact_cnn import CompactCNN
+from wsi_pipeline.model.tiatoolbox import TiatoolboxCNN
 
 
 class CentreColour(torch.nn.Module):
@@ -30,28 +32,47 @@ class CentreColour(torch.nn.Module):
         return self.linear(colour)
 
 
+# Architectures by card name, each called with ``num_classes`` and the card's ``architecture_args``
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
+    "centre_colour": CentreColour,
+    "compact_cnn": CompactCNN,
+    "tiatoolbox_cnn": TiatoolboxCNN,
+}
+
+
+def _timm_factory(name: str) -> Callable[..., torch.nn.Module] | None:
+    import timm
+
+    return functools.partial(timm.create_model, name, pretrained=False) if timm.is_model(name) else None
+
+
+def _torchvision_factory(name: str) -> Callable[..., torch.nn.Module] | None:
+    import torchvision
+
+    known = name in torchvision.models.list_models()
+    return functools.partial(torchvision.models.get_model, name, weights=None) if known else None
+
+
+LIBRARIES = {
+    "timm": _timm_factory,
+    "torchvision": _torchvision_factory,
+}  # "LIBRARY:NAME"; a bare name is timm's
+
+
 def module_factory(architecture: str) -> Callable[..., torch.nn.Module]:
     """The constructor of an architecture, called with ``num_classes`` and the card's ``architecture_args``;
     ValueError for an unknown one."""
-    if architecture == "centre_colour":
-        return CentreColour
-    if architecture == "compact_cnn":
-        return CompactCNN
+    if architecture in ARCHITECTURES:
+        return ARCHITECTURES[architecture]
     library, _, name = architecture.rpartition(":")
-    if library in ("", "timm"):
-        import timm
-
-        if timm.is_model(name):
-            return functools.partial(timm.create_model, name, pretrained=False)
-    elif library == "torchvision":
-        import torchvision
-
-        if name in torchvision.models.list_models():
-            return functools.partial(torchvision.models.get_model, name, weights=None)
-    raise ValueError(
-        f"unknown architecture {architecture!r} (a timm name, timm:NAME, torchvision:NAME, compact_cnn or "
-        "centre_colour)"
-    )
+    lookup = LIBRARIES.get(library or "timm")
+    factory = lookup(name) if lookup else None
+    if factory is None:
+        raise ValueError(
+            f"unknown architecture {architecture!r} (a timm name, timm:NAME, torchvision:NAME or one of "
+            f"{', '.join(ARCHITECTURES)})"
+        )
+    return factory
 
 
 def build_module(card: ModelCard) -> torch.nn.Module:
