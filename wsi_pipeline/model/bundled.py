@@ -1,10 +1,8 @@
-"""Bundled model folders and resolving ``--model`` to a folder."""
+"""Bundled model folders, and resolving ``--model`` to a model folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from wsi_pipeline.core.errors import InputError
 
 DEFAULT_MODEL = "synthetic-pcam-cnn"  # bundled in models/; trained on synthetic data only
 
@@ -17,11 +15,8 @@ def bundled_models_dir() -> Path:
 
 
 def resolve_model_folder(name_or_path: str | Path) -> Path:
-    """A model folder given by path, or by the name of a bundled model."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    bundled = bundled_models_dir() / str(name_or_path)
-    if bundled.is_dir():
-        return bundled
-    raise InputError(path, "model folder not found (neither a folder nor a bundled model name)")
+    """A model folder given by path, by a bundled model's name, or as a hub model (``tiatoolbox:NAME``,
+    ``hf-hub:ORG/REPO``) fetched on first use: ``sources.resolve_model``."""
+    from wsi_pipeline.model.sources import resolve_model  # it imports this module
+
+    return resolve_model(name_or_path)
