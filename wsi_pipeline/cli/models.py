@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from wsi_pipeline.cli.options import run_command
@@ -16,6 +17,7 @@ from wsi_pipeline.model.published import PUBLISHED
 from wsi_pipeline.model.sources import pull_model, resolve_model
 
 PROG = "wsi-models"
+WIDTH = 110  # of the wrapped lines of text
 SPECS = "a model folder, a bundled model's name, tiatoolbox:NAME or hf-hub:ORG/REPO[@REVISION]"
 
 
@@ -71,18 +73,22 @@ def list_models(args: argparse.Namespace) -> int:
     for number, source in enumerate(sources, 1):
         print(f"[{number}] {source}")
     print("\nBundled models (no download):")
-    rows = []
-    for card in bundled_cards():
-        rows.append(
-            (
-                card.name,
-                card.architecture,
-                _input(card.patch_size, card.mpp),
-                card.license or "-",
-                card.intended_use,
+    cards = bundled_cards()
+    rows = [
+        (card.name, card.architecture, _input(card.patch_size, card.mpp), card.license or "-")
+        for card in cards
+    ]
+    _table(("NAME", "ARCHITECTURE", "INPUT", "LICENCE"), rows)
+    for card in cards:
+        print(
+            textwrap.fill(
+                f"{card.name}: {card.intended_use}",
+                WIDTH,
+                initial_indent="- ",
+                subsequent_indent="  ",
+                break_on_hyphens=False,
             )
         )
-    _table(("NAME", "ARCHITECTURE", "INPUT", "LICENCE", "INTENDED USE"), rows)
     return 0
 
 
