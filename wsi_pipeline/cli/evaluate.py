@@ -18,15 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from wsi_pipeline.cli.options import (
-    add_batch_size,
-    add_device,
-    add_model,
-    add_quiet,
-    add_threshold,
-    add_tta,
-    run_command,
-)
+from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, run_command
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.evaluation.annotations import FORMATS
 from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
@@ -37,15 +29,12 @@ def parser() -> argparse.ArgumentParser:
         prog="wsi-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("data", nargs="?", help="labelled patches: PCam folder, Kaggle folder or class folders")
-    add_model(p)
+    add_model_options(p, batch_size=256)
     p.add_argument("--split", default="test", help="PCam split to evaluate (default: test)")
-    add_tta(p)
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument(
         "--record", metavar="NAME", help="also store the metrics in the model's card, under metrics.NAME"
     )
-    add_device(p)
-    add_batch_size(p, 256)
     add_quiet(p)
     slides = p.add_argument_group("heatmaps against annotations")
     slides.add_argument("--heatmaps", nargs="+", type=Path, metavar="ZARR_OR_DIR", help="wsi-score heatmaps")

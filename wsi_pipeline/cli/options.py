@@ -15,17 +15,6 @@ from wsi_pipeline.model.bundled import DEFAULT_MODEL
 Options = argparse._ActionsContainer  # a parser, or a group of its options
 
 
-def add_model(p: Options, *, bundled_default: bool = False) -> None:
-    """``--model``; with ``bundled_default`` it defaults to the bundled default model (else it has none)."""
-    help_text = "model folder (model.json + weights), WSInfer model folder, or a bundled model's name"
-    if bundled_default:
-        help_text += (
-            f" (default: {DEFAULT_MODEL}, trained on synthetic data: for demonstration and testing, "
-            "not for diagnosis)"
-        )
-    p.add_argument("--model", default=DEFAULT_MODEL if bundled_default else None, help=help_text)
-
-
 def add_device(p: Options) -> None:
     """``--device``: where the model runs."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -36,8 +25,18 @@ def add_batch_size(p: Options, default: int) -> None:
     p.add_argument("--batch-size", type=int, default=default, help="patches per batch (default: %(default)s)")
 
 
-def add_tta(p: Options) -> None:
-    """``--tta``: 8-fold dihedral test-time augmentation."""
+def add_model_options(p: Options, *, batch_size: int, bundled_default: bool = False) -> None:
+    """How a model scores patches: ``--model`` (by default the bundled default model with
+    ``bundled_default``, else none), ``--device``, ``--batch-size`` and ``--tta``."""
+    model_help = "model folder (model.json + weights), WSInfer model folder, or a bundled model's name"
+    if bundled_default:
+        model_help += (
+            f" (default: {DEFAULT_MODEL}, trained on synthetic data: for demonstration and testing, "
+            "not for diagnosis)"
+        )
+    p.add_argument("--model", default=DEFAULT_MODEL if bundled_default else None, help=model_help)
+    add_device(p)
+    add_batch_size(p, batch_size)
     p.add_argument(
         "--tta", action="store_true", help="average each patch's 8 flips/rotations (8× the model's work)"
     )

@@ -11,16 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from wsi_pipeline.cli.options import (
-    add_batch_size,
-    add_device,
-    add_model,
-    add_quiet,
-    add_threshold,
-    add_tta,
-    print_error,
-    run_command,
-)
+from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, print_error, run_command
 from wsi_pipeline.model.card import ENGINES
 from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions
 from wsi_pipeline.slide.reader import BACKENDS
@@ -33,8 +24,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsi-score", description=__doc__)
     p.add_argument("slides", nargs="+", help="slide files or folders of slides")
     p.add_argument("-o", "--out", default="results", help="output folder (default: results)")
-    add_model(p, bundled_default=True)
-    add_device(p)
+    add_model_options(p, batch_size=DEFAULTS.batch_size, bundled_default=True)
     p.add_argument(
         "--engine",
         default=DEFAULTS.engine,
@@ -63,8 +53,6 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULTS.block_cells,
         help="grid cells per block side: one read and one task each (default %(default)s)",
     )
-    add_batch_size(p, DEFAULTS.batch_size)
-    add_tta(p)
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
     p.add_argument(
