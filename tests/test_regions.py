@@ -16,6 +16,8 @@ from wsi_pipeline.findings.regions import (
 )
 from wsi_pipeline.findings.summary import slide_summary, top_k_mean
 
+from .conftest import heatmap_record
+
 # PCam's geometry on a 0.5 µm/px scan: cells are 96 target px = 186.62 level-0 px = 93.312 µm wide
 PCAM = PatchGrid(width0=6000, height0=4000, mpp0=0.5, target_mpp=0.972, patch_size=96, stride=96)
 CELL_UM = 96 * 0.972
@@ -25,7 +27,7 @@ def heatmap(scores: np.ndarray, grid: PatchGrid = PCAM, tissue: np.ndarray | Non
     tissue = np.ones(scores.shape, bool) if tissue is None else tissue
     probs = np.stack([1 - scores, scores]).astype(np.float32)
     probs[:, ~tissue] = np.nan
-    return Heatmap(probs, tissue, grid, ["normal", "tumour"], {})
+    return Heatmap(probs, tissue, grid, ["normal", "tumour"], heatmap_record(grid))
 
 
 def background(grid: PatchGrid = PCAM) -> np.ndarray:
