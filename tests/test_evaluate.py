@@ -226,6 +226,7 @@ def test_slides_mode_reports_the_numbers_worked_out_by_hand(tmp_path, capsys, an
     assert code == 2 and "no truth file for neg" in err and err.count("\n") == 1
 
     args = ["--heatmaps", heatmaps, "--truth", truth, "--missing-truth", "negative"]
+    args += ["--froc-rules", "corrected"]  # by the challenge's (µm at 0.243 µm/px) these lesions would be ITC
     code, out, err = run(capsys, *args, "--json", tmp_path / "r.json", "--froc-png", tmp_path / "froc.png")
     assert code == 0, err
     results = json.loads((tmp_path / "r.json").read_text())
@@ -298,6 +299,7 @@ def test_slides_mode_on_a_slide_scored_by_the_probe(tmp_path, capsys, probe_mode
     polygon = {"type": "Polygon", "coordinates": [square(*dark)]}
     (tmp_path / "s.geojson").write_text(json.dumps(qupath_feature(polygon, "Tumor")))
     args = ["--heatmaps", result.heatmap, "--truth", tmp_path / "s.geojson", "--detection-floor", "0.5"]
+    args += ["--froc-rules", "corrected"]  # by the challenge's this 0.34 mm square would be ITC
     code, _, err = run(capsys, *args, "--json", tmp_path / "r.json")
     assert code == 0, err
     slide = json.loads((tmp_path / "r.json").read_text())["slides"][0]

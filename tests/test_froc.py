@@ -1,4 +1,5 @@
-"""Camelyon16 lesion-level FROC: hand-made slides, lesions and detections with answers worked out by hand."""
+"""Camelyon16 lesion-level FROC under the corrected rules (the challenge's own: test_froc_rules.py): hand-made
+slides, lesions and detections with answers worked out by hand."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ def disc_um(cx, cy, diameter, n=64):
 
 
 def lesions(*rings, exclusions=(), mask_mpp=MASK_MPP):
-    return find_lesions(TumourRegions(list(rings), list(exclusions)), SIZE0, MPP0, mask_mpp)
+    regions = TumourRegions(list(rings), list(exclusions))
+    return find_lesions(regions, SIZE0, MPP0, rules="corrected", mask_mpp=mask_mpp)
 
 
 def match(found, detections_um):
     """Detections given as (x µm, y µm, probability)."""
     x, y, p = np.array(detections_um, float).reshape(-1, 3).T
-    return match_detections(found, x / MPP0, y / MPP0, p)
+    return match_detections(found, x / MPP0, y / MPP0, p, rules="corrected")
 
 
 L1, L2, L3 = box_um(200, 200, 700, 700), box_um(1500, 200, 1900, 600), box_um(1000, 1000, 1400, 1400)
@@ -52,7 +54,7 @@ def test_itc_threshold_and_merging_follow_the_75_um_growth():
     assert len(lesions(box_um(0, 0, 400, 400), box_um(460, 0, 860, 400)).itc) == 1
     assert len(lesions(box_um(0, 0, 400, 400), box_um(490, 0, 890, 400)).itc) == 2
     # At the challenge's own resolution (7.776 µm/px, the default) a 1 mm lesion is one non-ITC lesion.
-    default = find_lesions(TumourRegions([box_um(1000, 1000, 2000, 2000)]), SIZE0, MPP0)
+    default = find_lesions(TumourRegions([box_um(1000, 1000, 2000, 2000)]), SIZE0, MPP0, rules="corrected")
     assert default.itc.tolist() == [False] and default.downsample == pytest.approx(0.243 * 32 / MPP0)
 
 
@@ -83,7 +85,7 @@ def test_perfect_detections_score_one():
         match(lesions(L3), [(1200, 1200, 0.7)]),
         match(lesions(), []),
     ]
-    assert froc_score(slides)["score"] == 1.0
+    assert froc_score(slides, rules="corrected")["score"] == 1.0
 
 
 def test_known_imperfect_detections():
@@ -101,11 +103,11 @@ def test_known_imperfect_detections():
     #   0.2: an FP           → (1.5, 1)
     # At 1/4 FP/slide: halfway from (0, 0) to (0.5, 1/3) = 1/6; at 1/2: 1/3; at 1: the highest point, 1;
     # at 2, 4, 8: held at 1. Score = (1/6 + 1/3 + 1 + 1 + 1 + 1) / 6 = 0.75.
-    fp_rate, sensitivity, thresholds = froc_curve([slide_a, slide_b])
+    fp_rate, sensitivity, thresholds = froc_curve([slide_a, slide_b], rules="corrected")
     np.testing.assert_allclose(fp_rate, [0, 0.5, 1.0, 1.0, 1.5])
     np.testing.assert_allclose(sensitivity, [0, 1 / 3, 2 / 3, 1, 1])
     np.testing.assert_allclose(thresholds, [np.inf, 0.9, 0.7, 0.4, 0.2])
-    froc = froc_score([slide_a, slide_b])
+    froc = froc_score([slide_a, slide_b], rules="corrected")
     assert froc["score"] == pytest.approx(0.75)
     assert list(froc["sensitivity_at"].values()) == pytest.approx([1 / 6, 1 / 3, 1, 1, 1, 1])
     # the challenge script's interpolation (np.interp over the curve) agrees
@@ -113,7 +115,7 @@ def test_known_imperfect_detections():
         sensitivity_at(fp_rate, sensitivity)
     )
     with pytest.raises(ValueError, match="no lesion"):
-        froc_curve([match(lesions(ITC), [(3000, 3000, 0.9)])])
+        froc_curve([match(lesions(ITC), [(3000, 3000, 0.9)])], rules="corrected")
 
 
 def test_heatmap_detections_one_per_region_at_its_peak():

@@ -92,10 +92,11 @@ def test_exclusions_are_not_tumour():
 def test_slide_auc_and_pooled_dice_across_slides():
     lesion = box(192, 96, 480, 288)
     truth = cell_tumour_fraction(GRID, [lesion]) >= 0.5
-    positives = [evaluate_heatmap(heatmap(truth * p + 0.05), [lesion]) for p in (0.9, 0.1)]
-    negatives = [evaluate_heatmap(heatmap(np.full(GRID.shape, p)), []) for p in (0.5, 0.1)]
+    # FROC by the corrected rules: by the challenge's (µm counted at 0.243 µm/px) this lesion would be ITC
+    positives = [evaluate_heatmap(heatmap(truth * p + 0.05), [lesion], rules="corrected") for p in (0.9, 0.1)]
+    negatives = [evaluate_heatmap(heatmap(np.full(GRID.shape, p)), [], rules="corrected") for p in (0.5, 0.1)]
     # slide scores: positives 0.95, 0.15; negatives 0.5, 0.1 → 3 of 4 (positive, negative) pairs in order
-    summary = summarise(positives + negatives)
+    summary = summarise(positives + negatives, rules="corrected")
     assert summary["slide_auc"] == pytest.approx(0.75)
     # pooled: the first positive finds its 6 cells, the second none, the 0.5 negative calls all its 50
     assert summary["dice"] == pytest.approx(2 * 6 / ((6 + 50) + (6 + 6)))

@@ -4,12 +4,15 @@
     wsi-eval DATA --model MODEL [--split test] [--tta] [--json R.json]
     wsi-eval --heatmaps OUT_DIR_OR_ZARRS --truth TRUTH_DIR_OR_FILES [--truth-format auto|asap|geojson|mask]
              [--mask-downsample N] [--missing-truth error|negative] [--threshold 0.5] [--json R.json]
-             [--froc-png froc.png]
+             [--froc-png froc.png] [--froc-rules challenge|corrected] [--detections DIR]
+             [--export-detections DIR]
 
 Heatmaps are matched to truth files by slide stem: <stem>.xml (ASAP / Camelyon16), <stem>.geojson or
 <stem>.truth.geojson (QuPath; wsi-synth), <stem>_mask.png|tif or <stem>.truth_mask.png (masks; downsample from
 the slide's size unless given). Slides results: slide AUC (slide score = max), cell AUC and Dice, the
-Camelyon16 lesion-level FROC, and the share of metastases > 0.5 mm detected."""
+Camelyon16 lesion-level FROC (by the challenge's evaluation script, or with its departures corrected), and the
+share of metastases > 0.5 mm detected. Detections are read from, or written to, the challenge's CSV files
+(<stem>.csv: probability,x,y a line)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, run_command
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.evaluation.annotations import FORMATS
-from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
+from wsi_pipeline.evaluation.froc import DETECTION_FLOOR, RULES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,6 +63,24 @@ def parser() -> argparse.ArgumentParser:
         help=f"FROC detections: one per region of cells at least this (default {DETECTION_FLOOR})",
     )
     slides.add_argument("--froc-png", type=Path, help="also draw the FROC curve to this PNG")
+    slides.add_argument(
+        "--froc-rules",
+        choices=RULES,
+        default="challenge",
+        help="FROC by the rules of the Camelyon16 evaluation script (default) or the corrected ones",
+    )
+    slides.add_argument(
+        "--detections",
+        type=Path,
+        metavar="DIR",
+        help="evaluate the challenge-format detections DIR/<slide stem>.csv instead of the heatmaps'",
+    )
+    slides.add_argument(
+        "--export-detections",
+        type=Path,
+        metavar="DIR",
+        help="also write the detections evaluated to DIR/<slide stem>.csv (the challenge's format)",
+    )
     return p
 
 
@@ -147,6 +168,7 @@ def format_slide_results(results: dict) -> str:
         ("cell AUC", f"{_number(summary['cell_auc'])} ({summary['cells']} scored cells, pooled)"),
         (f"Dice (≥ {threshold})", f"{_number(summary['dice'])} (pooled)"),
         ("FROC score", "undefined (no lesion)" if froc is None else f"{froc['score']:.4f}"),
+        ("FROC rules", results["settings"]["froc_rules"]),
     ]
     if froc is not None:
         at = "  ".join(f"{rate}: {value:.3f}" for rate, value in froc["sensitivity_at"].items())
@@ -167,8 +189,11 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.heatmaps is None:
         if args.data is None or args.model is None:
             p.error("give DATA and --model (patches), or --heatmaps and --truth (slides)")
-        if args.truth is not None or args.froc_png is not None:
-            p.error("--truth and --froc-png go with --heatmaps")
+        if any(
+            value is not None
+            for value in (args.truth, args.froc_png, args.detections, args.export_detections)
+        ):
+            p.error("--truth, --froc-png, --detections and --export-detections go with --heatmaps")
     elif args.truth is None:
         p.error("--heatmaps needs --truth")
     elif args.data is not None or args.model is not None or args.record is not None:
@@ -189,6 +214,9 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> int:
             missing_truth=args.missing_truth,
             threshold=args.threshold,
             detection_floor=args.detection_floor,
+            froc_rules=args.froc_rules,
+            detections=args.detections,
+            export_detections=args.export_detections,
         )
     else:
         from wsi_pipeline.evaluation.patches import evaluate_patch_data  # loads torch

@@ -14,7 +14,8 @@ inside another polygon's hole is excluded too (no Camelyon annotation does this)
   (Camelyon16's non-tumour areas inside tumour annotations) and ``Exclusion`` are exclusions; other groups and
   ``Dot``/``PointSet`` annotations are skipped. Vertices are taken in ``Order``; spline annotations are taken
   as the polygon of their control points.
-- Masks (PNG, TIFF; a pyramidal TIFF is read at its finest level of at most ``MAX_MASK_PIXELS``): nonzero is
+- Masks (PNG, TIFF; a pyramidal TIFF is read at its finest level of at most ``MAX_MASK_PIXELS``, its levels
+  either marked as reduced images or plain consecutive pages, as ASAP wrote the Camelyon16 masks): nonzero is
   tumour (the first channel of a colour image). Outlines follow the pixel edges (marching squares at 0.5), so
   a pixel is tumour exactly when its centre is inside; holes become exclusions."""
 
@@ -63,13 +64,20 @@ class TumourRegions:
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         return points_in_polygons(self.tumour, x, y) & ~points_in_polygons(self.exclusions, x, y)
 
-    def rasterise(self, shape: tuple[int, int], downsample: float, mark_vertices: bool = False) -> np.ndarray:
+    def rasterise(
+        self, shape: tuple[int, int], downsample: float, mark_vertices: bool = False, at_corners: bool = False
+    ) -> np.ndarray:
         """Bool mask (rows, cols), one pixel per ``downsample`` level-0 pixels, true where the pixel centre is
-        tumour. ``mark_vertices`` also sets the pixels holding tumour vertices, so no ring vanishes."""
+        tumour. ``mark_vertices`` also sets the pixels holding tumour vertices, so no ring vanishes;
+        ``at_corners`` tests each pixel's top-left corner instead of its centre, as a nearest-neighbour
+        pyramid of a level-0 mask samples it."""
         mask = np.zeros(shape, bool)
+        offset = 0.0 if at_corners else 0.5
         for rings, value in ((self.tumour, True), (self.exclusions, False)):
             for ring in rings:
-                rows, cols = fill_polygon(ring[:, 1] / downsample - 0.5, ring[:, 0] / downsample - 0.5, shape)
+                rows, cols = fill_polygon(
+                    ring[:, 1] / downsample - offset, ring[:, 0] / downsample - offset, shape
+                )
                 mask[rows, cols] = value
                 if value and mark_vertices:
                     index = np.floor(ring[:, ::-1] / downsample).astype(int)  # (row, col)
@@ -220,11 +228,20 @@ def _mask_downsample(shape: tuple[int, int], slide_size: tuple[int, int], path: 
     return downsample
 
 
+def tiff_levels(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
+    """A TIFF's resolution levels, largest first: its first series' levels, or its series when the levels are
+    plain consecutive pages (as ASAP wrote pyramids until 2017)."""
+    levels = tif.series[0].levels
+    if len(levels) > 1:
+        return levels
+    return sorted(tif.series, key=lambda series: series.shape[series.axes.index("X")], reverse=True)
+
+
 def _read_mask_pixels(path: Path, max_pixels: int) -> tuple[np.ndarray, float]:
     """The mask image and its downsample relative to the file's full resolution."""
     if path.suffix.lower() in (".tif", ".tiff"):
         with tifffile.TiffFile(path) as tif:
-            levels = tif.series[0].levels
+            levels = tiff_levels(tif)
             full_width = levels[0].shape[levels[0].axes.index("X")]
             level = next((lv for lv in levels if math.prod(lv.shape[:2]) <= max_pixels), levels[-1])
             if math.prod(level.shape[:2]) > max_pixels:
@@ -237,14 +254,15 @@ def _read_mask_pixels(path: Path, max_pixels: int) -> tuple[np.ndarray, float]:
         return np.asarray(opened), 1.0
 
 
-def read_mask(
+def read_mask_image(
     path: str | Path,
     downsample: float | None = None,
     slide_size: tuple[int, int] | None = None,
     max_pixels: int = MAX_MASK_PIXELS,
-) -> TumourRegions:
-    """Tumour regions of a binary mask image. ``downsample``: level-0 pixels per pixel of the file's full
-    resolution; without it, inferred from ``slide_size`` (level-0 width, height)."""
+) -> tuple[np.ndarray, float]:
+    """A mask image's values (its first channel) and level-0 pixels per pixel. ``downsample``: level-0
+    pixels per pixel of the file's full resolution; without it, inferred from ``slide_size`` (level-0 width,
+    height)."""
     path = Path(path)
     try:
         image, level_downsample = _read_mask_pixels(path, max_pixels)
@@ -252,12 +270,23 @@ def read_mask(
         raise InputError(path, f"cannot be read as an image ({error})") from None
     if image.ndim not in (2, 3):
         raise InputError(path, f"a mask must be a 2-D image, not shape {image.shape}")
-    mask = (image[..., 0] if image.ndim == 3 else image) != 0
+    image = image[..., 0] if image.ndim == 3 else image
     if downsample is None:
         if slide_size is None:
             raise InputError(path, "a mask needs its downsample (level-0 pixels per mask pixel)")
-        return mask_regions(mask, _mask_downsample(mask.shape, slide_size, path))
-    return mask_regions(mask, downsample * level_downsample)
+        return image, _mask_downsample(image.shape, slide_size, path)
+    return image, downsample * level_downsample
+
+
+def read_mask(
+    path: str | Path,
+    downsample: float | None = None,
+    slide_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_MASK_PIXELS,
+) -> TumourRegions:
+    """Tumour regions of a binary mask image (arguments as :func:`read_mask_image`)."""
+    image, mask_downsample = read_mask_image(path, downsample, slide_size, max_pixels)
+    return mask_regions(image != 0, mask_downsample)
 
 
 def truth_format(path: str | Path) -> str | None:

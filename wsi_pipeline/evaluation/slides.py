@@ -12,7 +12,8 @@ from pathlib import Path
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.evaluation import annotations
 from wsi_pipeline.evaluation.annotations import TumourRegions, find_truth, read_truth
-from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
+from wsi_pipeline.evaluation.detections import slide_detections
+from wsi_pipeline.evaluation.froc import DETECTION_FLOOR, Rules, read_mask_lesions
 from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
 from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
 
@@ -66,6 +67,9 @@ def evaluate_slides(
     missing_truth: str = "error",
     threshold: float = 0.5,
     detection_floor: float = DETECTION_FLOOR,
+    froc_rules: Rules = "challenge",
+    detections: str | Path | None = None,
+    export_detections: str | Path | None = None,
 ) -> dict:
     """Each heatmap (stores, or folders holding them) against its truth file (files, or folders of them), and
     the summary over the set: ``{"kind": "slides", "data", "settings", "slides": [...], "summary"}``.
@@ -73,8 +77,13 @@ def evaluate_slides(
     ``truth_format``: auto (from the file name) or a format of :mod:`wsi_pipeline.evaluation.annotations`;
     ``truth_classes``: GeoJSON classifications kept (default: all); ``mask_downsample``: level-0 px per mask
     px (default: from the slide's size); ``missing_truth``: a heatmap without a truth file is an ``"error"``
-    or a ``"negative"`` slide (no tumour)."""
+    or a ``"negative"`` slide (no tumour). ``froc_rules``: the Camelyon16 challenge's FROC rules or the
+    corrected ones (:mod:`wsi_pipeline.evaluation.froc`); ``detections``: a folder of the challenge's CSV
+    files (``<stem>.csv``) to evaluate instead of the heatmaps' detections; ``export_detections``: a folder
+    to write the detections evaluated to, in that format."""
     heatmaps, truth = [Path(path) for path in heatmaps], [Path(path) for path in truth]
+    detections = None if detections is None else Path(detections)
+    export_detections = None if export_detections is None else Path(export_detections)
     pairs = match_truth(heatmap_stores(heatmaps), truth, truth_format)
     missing = [stem for stem, (_, file) in pairs.items() if file is None]
     if missing and missing_truth == "error":
@@ -88,17 +97,23 @@ def evaluate_slides(
         if not heatmap.complete:
             raise InputError(store, "heatmap is incomplete (its scoring did not finish)")
         grid = heatmap.grid
-        regions, kind = TumourRegions(), None
+        regions, kind, lesions = TumourRegions(), None, None
         if file is not None:
             kind = annotations.truth_format(file) if truth_format == "auto" else truth_format
             size0 = (grid.width0, grid.height0)
             regions = read_truth(file, kind, truth_classes, mask_downsample, size0)
+            if froc_rules == "challenge" and kind == "mask":
+                lesions = read_mask_lesions(file, size0, mask_downsample)
         evaluation = evaluate_heatmap(
             heatmap,
             regions.tumour,
             threshold,
             exclusions=regions.exclusions,
-            detection_floor=detection_floor,
+            rules=froc_rules,
+            detections=slide_detections(
+                heatmap, stem, detection_floor, read_from=detections, export_to=export_detections
+            ),
+            lesions=lesions,
         )
         evaluations.append(evaluation)
         cells = evaluation["cell_truth"]
@@ -119,12 +134,18 @@ def evaluate_slides(
                 },
             }
         )
-    settings = {"threshold": threshold, "detection_floor": detection_floor, "missing_truth": missing_truth}
+    settings = {
+        "threshold": threshold,
+        "detection_floor": detection_floor,
+        "missing_truth": missing_truth,
+        "froc_rules": froc_rules,
+        "detections": "heatmaps" if detections is None else str(detections),
+    }
     data = {"heatmaps": [str(path) for path in heatmaps], "truth": [str(path) for path in truth]}
     return {
         "kind": "slides",
         "data": data,
         "settings": settings,
         "slides": slides,
-        "summary": summarise(evaluations),
+        "summary": summarise(evaluations, rules=froc_rules),
     }

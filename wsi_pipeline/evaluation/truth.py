@@ -6,7 +6,8 @@ viewers draw it. A cell is *tumour* when at least half of that square is inside 
 outside the exclusion polygons); a metastasis (one truth polygon) is *detected* when a cell that overlaps it
 scores at least the threshold. Dice compares the cells scoring at least the threshold with the tumour cells
 over the whole grid, so tumour the tissue mask left unscored counts as missed. The lesion-level FROC follows
-the Camelyon16 rules (:mod:`wsi_pipeline.froc`) on the heatmap's detections."""
+the Camelyon16 challenge's rules or the corrected ones (:mod:`wsi_pipeline.evaluation.froc`) on the heatmap's
+detections, or on detections given."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from wsi_pipeline.core.polygons import max_diameter, points_in_polygons
 from wsi_pipeline.evaluation.annotations import TumourRegions
 from wsi_pipeline.evaluation.froc import (
     DETECTION_FLOOR,
+    Detections,
+    Lesions,
+    Rules,
     find_lesions,
     froc_score,
     heatmap_detections,
@@ -75,10 +79,15 @@ def evaluate_heatmap(
     threshold: float = 0.5,
     exclusions: Sequence[np.ndarray] = (),
     detection_floor: float = DETECTION_FLOOR,
+    *,
+    rules: Rules = "challenge",
+    detections: Detections | None = None,
+    lesions: Lesions | None = None,
 ) -> dict:
     """One slide: each scored cell's truth and score, cell AUC and Dice, the slide score (max), which
-    metastases were found, and the lesion-level matching of the heatmap's detections (``lesion_detection``,
-    see :func:`wsi_pipeline.froc.match_detections`).
+    metastases were found, and the lesion-level matching by ``rules`` (``lesion_detection``, see
+    :func:`wsi_pipeline.evaluation.froc.match_detections`) of ``detections`` (x, y, probability; default: the
+    heatmap's) against ``lesions`` (default: found from the polygons).
 
     The tumour class is chosen by :func:`wsi_pipeline.core.classes.tumour_class_index`, as everywhere.
     """
@@ -92,9 +101,11 @@ def evaluate_heatmap(
         "true": int(tumour_cells.sum()),
         "both": int((predicted & tumour_cells).sum()),
     }
-    lesions = find_lesions(
-        TumourRegions(list(polygons), list(exclusions)), (grid.width0, grid.height0), grid.mpp0
-    )
+    if lesions is None:
+        regions = TumourRegions(list(polygons), list(exclusions))
+        lesions = find_lesions(regions, (grid.width0, grid.height0), grid.mpp0, rules=rules)
+    if detections is None:
+        detections = heatmap_detections(heatmap, detection_floor)
     metastases = []
     for ring in polygons:
         overlap = cell_tumour_fraction(grid, [ring], exclusions) > 0
@@ -114,15 +125,14 @@ def evaluate_heatmap(
         "slide_positive": bool(polygons),
         "missed_tumour_cells": int((tumour_cells & ~scored).sum()),  # tumour the tissue mask left out
         "metastases": metastases,
-        "lesion_detection": match_detections(
-            lesions, *heatmap_detections(heatmap, detection_floor)
-        ),
+        "lesion_detection": match_detections(lesions, *detections, rules=rules),
     }
 
 
-def summarise(results: Sequence[dict], min_diameter_um: float = 500.0) -> dict:
+def summarise(results: Sequence[dict], min_diameter_um: float = 500.0, *, rules: Rules = "challenge") -> dict:
     """Across slides: pooled cell-level AUC and Dice, slide-level AUC (max score), the share of metastases
-    larger than ``min_diameter_um`` that were detected, and the FROC (None without a non-ITC lesion)."""
+    larger than ``min_diameter_um`` that were detected, and the FROC by ``rules`` (None without a non-ITC
+    lesion); the results must have been matched by the same rules."""
     truth = np.concatenate([r["cell_truth"] for r in results])
     scores = np.concatenate([r["cell_scores"] for r in results])
     slide_truth = np.array([r["slide_positive"] for r in results])
@@ -144,5 +154,5 @@ def summarise(results: Sequence[dict], min_diameter_um: float = 500.0) -> dict:
         "large_detected_fraction": sum(m["detected"] for m in large) / len(large) if large else None,
         "min_diameter_um": min_diameter_um,
         "tumour_cells_outside_tissue": sum(r["missed_tumour_cells"] for r in results),
-        "froc": froc_score(lesions) if sum(s["lesions"] for s in lesions) else None,
+        "froc": froc_score(lesions, rules=rules) if sum(s["lesions"] for s in lesions) else None,
     }
