@@ -32,8 +32,9 @@ from torch import nn
 
 from wsi_pipeline import InputError, Model, Slide, read_card
 from wsi_pipeline.cli import models as models_cli
+from wsi_pipeline.model.bundled import resolve_model_folder
 from wsi_pipeline.model.published import PUBLISHED, TIATOOLBOX_REPO
-from wsi_pipeline.model.sources import ModelSourceInfo, resolve_model
+from wsi_pipeline.model.sources import ModelSourceInfo
 
 from .conftest import CMU_SLIDE, REPO
 
@@ -235,7 +236,7 @@ def test_tiatoolbox_models_load_by_name_and_give_its_probabilities(hub, use_hub,
 
 def test_a_tiatoolbox_card_records_where_the_weights_came_from(hub, use_hub, tmp_path):
     _, weights = publish_tiatoolbox(hub, "resnet18")
-    folder = resolve_model(RESNET18)
+    folder = resolve_model_folder(RESNET18)
     card = read_card(folder)
     commit = hub.commit(TIATOOLBOX_REPO)
     sha256 = hashlib.sha256(weights).hexdigest()
@@ -252,7 +253,9 @@ def test_a_tiatoolbox_card_records_where_the_weights_came_from(hub, use_hub, tmp
     assert folder.is_relative_to(tmp_path / "hf" / "assets" / "wsi_pipeline") and folder.name == commit
     assert (folder / card.weights).is_symlink() and (folder / card.weights).read_bytes() == weights
     hub.requests.clear()
-    assert resolve_model(RESNET18) == folder  # found again (the hub asked only whether the file changed)
+    assert (
+        resolve_model_folder(RESNET18) == folder
+    )  # found again (the hub asked only whether the file changed)
     assert all(request.startswith("HEAD ") for request in hub.requests)
 
 
@@ -386,7 +389,7 @@ def test_unusable_specs_are_refused_in_one_line(hub, use_hub, spec, problem):
     hub.publish("lab/no-weights", {"config.json": config})
     hub.publish("lab/transformers", {"config.json": b'{"architectures": ["ViTForImageClassification"]}'})
     with pytest.raises(InputError, match=re.escape(problem)) as error:
-        resolve_model(spec)
+        resolve_model_folder(spec)
     assert error.value.path == spec and "\n" not in str(error.value)
 
 

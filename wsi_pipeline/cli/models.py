@@ -11,10 +11,10 @@ import textwrap
 from collections.abc import Sequence
 
 from wsi_pipeline.cli.options import run_command
-from wsi_pipeline.model.bundled import bundled_models_dir
+from wsi_pipeline.model.bundled import bundled_models_dir, resolve_model_folder
 from wsi_pipeline.model.card import CARD_NAME, ModelCard
 from wsi_pipeline.model.published import PUBLISHED
-from wsi_pipeline.model.sources import pull_model, resolve_model
+from wsi_pipeline.model.sources import pull_model
 
 PROG = "wsi-models"
 WIDTH = 110  # of the wrapped lines of text
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     pull = commands.add_parser(
         "pull", help="download a model into the Hugging Face cache (with --out, also as a model folder)"
     )
-    pull.add_argument("name", help=SPECS)
+    pull.add_argument("name", help="a published model: tiatoolbox:NAME or hf-hub:ORG/REPO[@REVISION]")
     pull.add_argument("--out", help="write an ordinary model folder (card and a copy of the weights) here")
     pull.add_argument(
         "--mpp",
@@ -103,7 +103,7 @@ def info(args: argparse.Namespace) -> int:
     """Print what a model's card says about it, and where it came from."""
     from wsi_pipeline.model.folder import read_card
 
-    folder = resolve_model(args.name)
+    folder = resolve_model_folder(args.name)
     card = read_card(folder)
     source, arguments = card.source, card.architecture_args
     lines = [

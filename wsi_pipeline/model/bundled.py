@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.model.sources import is_hub_spec, resolve_hub_model
+
 DEFAULT_MODEL = "synthetic-pcam-cnn"  # bundled in models/; trained on synthetic data only
 
 
@@ -15,8 +18,19 @@ def bundled_models_dir() -> Path:
 
 
 def resolve_model_folder(name_or_path: str | Path) -> Path:
-    """A model folder given by path, by a bundled model's name, or as a hub model (``tiatoolbox:NAME``,
-    ``hf-hub:ORG/REPO``) fetched on first use: ``sources.resolve_model``."""
-    from wsi_pipeline.model.sources import resolve_model  # it imports this module
-
-    return resolve_model(name_or_path)
+    """The model folder ``--model`` names: a folder, a published model's name (``tiatoolbox:NAME``,
+    ``hf-hub:ORG/REPO[@REVISION]``: ``sources.resolve_hub_model``, fetched on first use) or a bundled model's
+    name. Every entry point resolves ``--model`` here."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if is_hub_spec(name_or_path):
+        return resolve_hub_model(str(name_or_path))
+    bundled = bundled_models_dir() / str(name_or_path)
+    if bundled.is_dir():
+        return bundled
+    raise InputError(
+        path,
+        "model not found (neither a folder, a bundled model's name, tiatoolbox:NAME nor hf-hub:ORG/REPO; "
+        "see `wsi-models list`)",
+    )

@@ -1,6 +1,6 @@
 """Published PCam classifiers known by name: one table of records, with facts from their publishers' sources.
 
-No weights here: ``sources.resolve_model`` downloads them from the Hugging Face Hub on first use."""
+No weights here: ``sources.resolve_hub_model`` downloads them from the Hugging Face Hub on first use."""
 
 from __future__ import annotations
 

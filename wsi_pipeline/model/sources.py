@@ -1,7 +1,7 @@
-"""Where ``--model`` comes from, resolved to a model folder by one function, :func:`resolve_model`:
+"""Published models named by where they are published, resolved to model folders by
+:func:`resolve_hub_model` (``bundled.resolve_model_folder``, which every ``--model`` goes through, hands
+these names to it):
 
-- a model folder (``model.json`` or WSInfer's ``config.json``, with weights);
-- a bundled model's name (``synthetic-pcam-cnn``);
 - ``tiatoolbox:NAME[@REVISION]``: a TIAToolbox PCam model (``wsi-models list``), weights from the Hugging Face
   Hub repo TIAToolbox publishes them in;
 - ``hf-hub:ORG/REPO[@REVISION]``: a Hugging Face Hub repo in timm's format (``config.json`` naming the
@@ -29,7 +29,6 @@ from pathlib import Path
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_sha256, write_atomically
-from wsi_pipeline.model.bundled import bundled_models_dir
 from wsi_pipeline.model.card import CARD_NAME, IMAGENET_MEAN, IMAGENET_STD, ModelCard, write_card
 from wsi_pipeline.model.published import PUBLISHED, PublishedModel, published_model
 
@@ -82,6 +81,8 @@ def is_hub_spec(spec: str | Path) -> bool:
 def parse_hub_spec(text: str) -> HubSpec:
     """The repo, revision and table record of a hub spec; one-line ``InputError`` for an unknown or
     malformed one."""
+    if not is_hub_spec(text):
+        raise InputError(text, "not a published model's name (tiatoolbox:NAME or hf-hub:ORG/REPO[@REVISION])")
     spec, _, revision = text.partition("@")
     prefix, _, name = spec.partition(":")
     published = published_model(spec)
@@ -99,44 +100,26 @@ def parse_hub_spec(text: str) -> HubSpec:
     return HubSpec(text, spec, repo, revision or None, published)
 
 
-def resolve_model(spec: str | Path) -> Path:
-    """The model folder ``spec`` names: a folder, a bundled model's name, ``tiatoolbox:NAME[@REVISION]`` or
-    ``hf-hub:ORG/REPO[@REVISION]`` (downloaded on first use, then read from the hub's cache)."""
-    path = Path(spec)
-    if path.is_dir():
-        return path
-    if is_hub_spec(spec):
-        return _hub_folder(parse_hub_spec(str(spec)))
-    bundled = bundled_models_dir() / str(spec)
-    if bundled.is_dir():
-        return bundled
-    raise InputError(
-        spec,
-        "model not found (neither a folder, a bundled model's name, tiatoolbox:NAME nor hf-hub:ORG/REPO; "
-        "see `wsi-models list`)",
-    )
+def resolve_hub_model(spec: str) -> Path:
+    """The model folder of ``tiatoolbox:NAME[@REVISION]`` or ``hf-hub:ORG/REPO[@REVISION]``: downloaded on
+    first use, then read from the hub's cache."""
+    return _hub_folder(parse_hub_spec(spec))
 
 
 def pull_model(spec: str, out: str | Path | None = None, mpp: float | None = None) -> Path:
-    """Fetch the model ``spec`` names; with ``out``, write it there as an ordinary model folder (card and a
-    copy of the weights). ``mpp`` gives the µm/px of a hub repo that does not state it (only with ``out``)."""
-    if mpp is not None and (out is None or not is_hub_spec(spec)):
-        raise ValueError("--mpp is for hub repos that do not state their µm/px, and needs --out")
+    """Fetch the published model ``spec`` names (as :func:`resolve_hub_model`); with ``out``, write it there
+    as an ordinary model folder (card and a copy of the weights). ``mpp`` gives the µm/px of a hub repo that
+    does not state it (only with ``out``)."""
+    hub = parse_hub_spec(spec)
     if out is None:
-        return resolve_model(spec)
-    if is_hub_spec(spec):
-        hub = parse_hub_spec(spec)
-        fetched = _fetch(hub)
-        card, weights = _hub_card(hub, fetched, mpp), fetched.weights
-    else:
-        from wsi_pipeline.model.folder import read_card
-
-        folder = resolve_model(spec)
-        card = read_card(folder)
-        weights = folder / card.weights
+        if mpp is not None:
+            raise ValueError("--mpp is for hub repos that do not state their µm/px, and needs --out")
+        return _hub_folder(hub)
+    fetched = _fetch(hub)
+    card = _hub_card(hub, fetched, mpp)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / card.weights, lambda partial: shutil.copyfile(weights, partial))
+    write_atomically(out / card.weights, lambda partial: shutil.copyfile(fetched.weights, partial))
     write_card(out, card)
     return out
 
