@@ -28,7 +28,10 @@ def add_batch_size(p: Options, default: int) -> None:
 def add_model_options(p: Options, *, batch_size: int, bundled_default: bool = False) -> None:
     """How a model scores patches: ``--model`` (by default the bundled default model with
     ``bundled_default``, else none), ``--device``, ``--batch-size`` and ``--tta``."""
-    model_help = "model folder (model.json + weights), WSInfer model folder, or a bundled model's name"
+    model_help = (
+        "model folder (model.json + weights), WSInfer model folder, a bundled model's name, or a published "
+        "model's: tiatoolbox:NAME, hf-hub:ORG/REPO[@REVISION] (see wsi-models list)"
+    )
     if bundled_default:
         model_help += (
             f" (default: {DEFAULT_MODEL}, trained on synthetic data: for demonstration and testing, "
