@@ -3,12 +3,17 @@ detection CSV formats."""
 
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
+from wsi_pipeline import Block, PatchGrid
+from wsi_pipeline.cli.evaluate import main
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.evaluation.annotations import TumourRegions, read_mask
 from wsi_pipeline.evaluation.detections import read_detections_csv, write_detections_csv
@@ -20,6 +25,9 @@ from wsi_pipeline.evaluation.froc import (
     match_detections,
     read_mask_lesions,
 )
+from wsi_pipeline.store.heatmap import HeatmapWriter
+
+from .conftest import heatmap_record
 
 
 def slide(lesions: int, hits: list[float], fps: list[float], itc: int = 0) -> dict:
@@ -143,17 +151,24 @@ MASK_DETECTIONS = (
 )
 
 
-def write_challenge_mask(path, reduced: bool) -> None:
-    """A level-0 mask as ASAP's AnnotationToMask makes it (255 where a pixel's integer coordinates are inside
-    a polygon) and its nearest-neighbour pyramid (the top-left pixel of each 2 × 2), tiled, a page a level:
-    marked as reduced images (ASAP since 2017) or plain pages (the Camelyon16 masks, 2016)."""
-    level = np.zeros(MASK_SIZE[::-1], np.uint8)
+@functools.cache
+def mask_level(level: int) -> np.ndarray:
+    """A level of the mask ASAP would make of ``MASK_RINGS``: at level 0, 255 where a pixel's integer
+    coordinates are inside a polygon (AnnotationToMask); above, the top-left pixel of each 2 × 2 below."""
+    mask = np.zeros(MASK_SIZE[::-1], np.uint8)
     for ring in MASK_RINGS:
-        level[fill_polygon(ring[:, 1], ring[:, 0], level.shape)] = 255
+        mask[fill_polygon(ring[:, 1], ring[:, 0], mask.shape)] = 255
+    return mask[:: 2**level, :: 2**level]
+
+
+def write_challenge_mask(path, reduced: bool) -> None:
+    """The mask's levels 0-6, tiled, a page a level: marked as reduced images (ASAP since 2017) or plain pages
+    (the Camelyon16 masks, 2016)."""
     with tifffile.TiffWriter(path) as tif:
-        for index in range(7):
-            tif.write(level, tile=(256, 256), compression="zlib", subfiletype=int(reduced and index > 0))
-            level = level[::2, ::2]
+        for level in range(7):
+            tif.write(
+                mask_level(level), tile=(256, 256), compression="zlib", subfiletype=int(reduced and level > 0)
+            )
 
 
 @pytest.mark.parametrize("reduced", [False, True])
@@ -173,9 +188,7 @@ def test_a_challenge_mask_tiff_is_evaluated_as_its_polygons(tmp_path, reduced):
     assert from_tiff.itc.tolist() == [False, True]
     assert match_detections(from_tiff, *MASK_DETECTIONS) == slide(1, [0.8], [0.4], itc=1)
 
-    with tifffile.TiffFile(path) as tif:
-        level3 = tif.pages[3].asarray()
-    Image.fromarray(level3).save(tmp_path / "Tumor_001_mask.png")
+    Image.fromarray(mask_level(3)).save(tmp_path / "Tumor_001_mask.png")
     from_png = read_mask_lesions(tmp_path / "Tumor_001_mask.png", MASK_SIZE)
     np.testing.assert_array_equal(from_png.labels, expected.labels)
 
@@ -214,3 +227,62 @@ def test_detection_csv_round_trip(tmp_path):
         path.write_text(bad)
         with pytest.raises(InputError, match=f"line {line}: expected probability,x,y"):
             read_detections_csv(path)
+
+
+GRID = PatchGrid(width0=4096, height0=4096, mpp0=L0_MPP, target_mpp=L0_MPP, patch_size=256, stride=256)
+
+
+def write_heatmap(folder, stem, *cells) -> None:
+    """A 16 × 16 heatmap of 256-px cells, 0.05 but for ``cells``: (rows, cols, probability)."""
+    tumour = np.full(GRID.shape, 0.05, np.float32)
+    for rows, cols, value in cells:
+        tumour[rows, cols] = value
+    writer = HeatmapWriter(
+        folder / f"{stem}.zarr", GRID, ["normal", "tumour"], 16, heatmap_record(GRID, stem)
+    )
+    writer.write_tissue(np.ones(GRID.shape, bool))
+    writer.write_block(Block(0, 0, *GRID.shape), np.stack([1 - tumour, tumour]))
+    writer.finalise()
+
+
+def test_wsi_eval_by_the_challenge_rules_exports_and_reads_its_detections(tmp_path, capsys):
+    """Tumor_001 (the mask above: a square lesion and an ITC) and Normal_001 (no truth file). Detections,
+    one per region at its first highest cell's centre (256·col + 128): the square's cells (rows 3-6, cols 3-7)
+    at 0.5 → (896, 896), a hit; cell (11, 12) at 0.95 → (3200, 2944), in the ITC: ignored; cell (14, 1) at 0.6
+    → (384, 3712), an FP; Normal_001's cell (0, 15) at 0.3 → (3968, 128), an FP.
+    Lesion scores 0.5 and the ITC's 0 (dropped): thresholds 0.6 → (1/2, 0), 0.5 → (1/2, 1), 0.3 → (1, 1).
+    Sensitivity 0 at 1/4 FP per slide, 1 from 1/2 on: score 5/6, by either rule set at 0.243 µm/px.
+    Raising the hit to 0.8 in the exported CSV: 0.8 → (0, 1) first, and the score is 1."""
+    heatmaps, truth, exported = tmp_path / "heatmaps", tmp_path / "truth", tmp_path / "detections"
+    truth.mkdir()
+    Image.fromarray(mask_level(3)).save(truth / "Tumor_001_mask.png")  # the TIFF's outlines are slow to read
+    write_heatmap(heatmaps, "Tumor_001", (slice(3, 7), slice(3, 8), 0.5), (11, 12, 0.95), (14, 1, 0.6))
+    write_heatmap(heatmaps, "Normal_001", (0, 15, 0.3))
+    args = ["--heatmaps", heatmaps, "--truth", truth, "--missing-truth", "negative", "-q"]
+
+    def evaluate(*more) -> dict:
+        assert main([*map(str, args), *map(str, more), "--json", str(tmp_path / "r.json")]) == 0
+        capsys.readouterr()
+        return json.loads((tmp_path / "r.json").read_text())
+
+    results = evaluate("--export-detections", exported)
+    assert (
+        results["settings"]["froc_rules"] == "challenge"
+        and results["summary"]["froc"]["rules"] == "challenge"
+    )
+    tumour = next(slide for slide in results["slides"] if slide["slide"] == "Tumor_001")
+    assert tumour["lesion_detection"] == {"lesions": 1, "itc": 1, "hits": [0.5], "fps": [pytest.approx(0.6)]}
+    assert results["summary"]["froc"]["score"] == pytest.approx(5 / 6)
+    x, y, probability = read_detections_csv(exported / "Tumor_001.csv")
+    assert np.c_[x, y].tolist() == [[896, 896], [3200, 2944], [384, 3712]]
+    assert probability.tolist() == [0.5, float(np.float32(0.95)), float(np.float32(0.6))]
+    assert read_detections_csv(exported / "Normal_001.csv")[0].tolist() == [3968]
+    assert evaluate("--froc-rules", "corrected")["summary"]["froc"]["score"] == pytest.approx(5 / 6)
+
+    write_detections_csv(exported / "Tumor_001.csv", x, y, [0.8, *probability[1:]])
+    results = evaluate("--detections", exported)
+    assert results["summary"]["froc"]["score"] == pytest.approx(1.0)
+    assert results["settings"]["detections"] == str(exported)
+    (exported / "Normal_001.csv").unlink()
+    assert main([*map(str, args), "--detections", str(exported)]) == 2
+    assert "Normal_001.csv: cannot be read" in capsys.readouterr().err
