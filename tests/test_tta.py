@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -9,12 +12,15 @@ from wsi_pipeline import read_heatmap
 from wsi_pipeline.cli.score import main
 from wsi_pipeline.model.predict import Model
 from wsi_pipeline.slide.reader import Slide
+from wsi_pipeline.store.heatmap import read_record
 from wsi_pipeline.store.metadata import parameter_differences
 from wsi_pipeline.tiling.grid import split_blocks
 from wsi_pipeline.tiling.patches import read_block_patches
 
 from .conftest import make_slide
 from .test_onnx_engine import tiny_model
+
+V1_HEATMAP = Path(__file__).parent / "fixtures" / "heatmap_v1" / "complete" / "node.zarr"
 
 
 def test_tta_heatmap_is_the_mean_over_the_eight_views_and_never_mixes_with_plain_scores(tmp_path, capsys):
@@ -48,10 +54,10 @@ def test_tta_heatmap_is_the_mean_over_the_eight_views_and_never_mixes_with_plain
 
 
 def test_heatmaps_from_before_engine_and_tta_were_recorded_count_as_torch_without_tta():
-    old = {"model": {"weights_sha256": "a" * 64}, "block_cells": 32}
-    now = {"model": {"weights_sha256": "a" * 64, "engine": "torch"}, "block_cells": 32, "tta": False}
-    assert parameter_differences(old, now) == []
-    changed = {**now, "model": {**now["model"], "engine": "onnxruntime"}, "tta": True}
+    old = read_record(V1_HEATMAP)  # written before the metadata was versioned, migrated when read
+    assert (old.model.engine, old.tta) == ("torch", False)
+    assert parameter_differences(old, old) == []
+    changed = replace(old, model=replace(old.model, engine="onnxruntime"), tta=True)
     assert parameter_differences(old, changed) == [
         "CPU engine 'torch' in the heatmap, 'onnxruntime' now",
         "test-time augmentation False in the heatmap, True now",

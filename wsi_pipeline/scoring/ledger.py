@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from wsi_pipeline.core.files import write_atomically
 from wsi_pipeline.core.locks import FileLock
 from wsi_pipeline.findings.tables import write_csv
+from wsi_pipeline.store.metadata import HeatmapRecord
 
 if TYPE_CHECKING:
     from wsi_pipeline.scoring.options import SlideResult
@@ -37,10 +38,11 @@ BATCH_COLUMNS = (
 )
 
 
-def batch_row(result: SlideResult, metadata: dict | None) -> dict:
-    """A slide's row of the batch table from its result, its summary (if any) and its heatmap's metadata."""
-    summary, metadata = result.summary or {}, metadata or {}
-    model = metadata.get("model", {})
+def batch_row(result: SlideResult, metadata: HeatmapRecord | None) -> dict:
+    """A slide's row of the batch table from its result, its summary (if any) and its heatmap's metadata (None
+    for a failed slide)."""
+    summary = result.summary or {}
+    complete = metadata is not None and metadata.complete
     return {
         "slide": str(Path(result.slide).resolve()),
         "status": result.status,
@@ -56,12 +58,12 @@ def batch_row(result: SlideResult, metadata: dict | None) -> dict:
                 "category",
             )
         },
-        "patches_scored": metadata.get("patches_scored", result.patches),
-        "seconds": round(metadata.get("seconds", result.seconds), 3),
-        "model_name": model.get("name"),
-        "weights_sha256": model.get("weights_sha256"),
+        "patches_scored": metadata.patches_scored if complete else result.patches,
+        "seconds": round(metadata.seconds if complete else result.seconds, 3),
+        "model_name": metadata.model.name if metadata else None,
+        "weights_sha256": metadata.model.weights_sha256 if metadata else None,
         "heatmap": result.heatmap,
-        "finished": metadata.get("finished", datetime.now(timezone.utc).isoformat()),
+        "finished": metadata.finished if complete else datetime.now(timezone.utc).isoformat(),
     }
 
 
@@ -89,7 +91,7 @@ def update_batch_table(out_dir: str | Path, rows: Iterable[dict]) -> Path:
     return write_atomically(path, lambda partial: write_csv(partial, BATCH_COLUMNS, lines))
 
 
-def record_in_batch_table(out_dir: str | Path, result: SlideResult, metadata: dict | None) -> None:
+def record_in_batch_table(out_dir: str | Path, result: SlideResult, metadata: HeatmapRecord | None) -> None:
     """Add or replace a slide's row of ``out_dir/slides.csv`` under the table's lock (other runs may share
     ``out_dir``).
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.core.files import file_sha256
+from wsi_pipeline.core.files import file_sha256, file_stamp
 from wsi_pipeline.core.locks import FileLock, describe_holder, lock_path
 from wsi_pipeline.core.version import __version__
 from wsi_pipeline.model.card import ModelCard
@@ -30,8 +30,15 @@ from wsi_pipeline.model.predict import choose_engine
 from wsi_pipeline.scoring.options import ScoreOptions
 from wsi_pipeline.scoring.worker import ModelSource, SlideSource
 from wsi_pipeline.slide.reader import Slide
-from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_metadata, remove_heatmap
-from wsi_pipeline.store.metadata import file_stamp, parameter_differences, recorded_sha256
+from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_record, remove_heatmap
+from wsi_pipeline.store.metadata import (
+    HeatmapRecord,
+    ModelRecord,
+    SlideRecord,
+    TissueParameters,
+    parameter_differences,
+    recorded_sha256,
+)
 from wsi_pipeline.tiling.grid import Block, PatchGrid, plan_grid, split_blocks, tissue_fraction
 from wsi_pipeline.tiling.tissue import TissueMask, detect_tissue
 
@@ -66,7 +73,7 @@ def heatmap_metadata(
     grid: PatchGrid,
     options: ScoreOptions,
     started: str,
-) -> dict:
+) -> HeatmapRecord:
     """The metadata a heatmap starts with: what was scored, by which model, how (the resume identity).
 
     Args:
@@ -79,36 +86,39 @@ def heatmap_metadata(
         started: when this run began on the slide (ISO 8601, UTC).
 
     Returns:
-        The JSON-able record ``HeatmapWriter`` stores and ``parameter_differences`` compares.
+        The record ``HeatmapWriter`` stores and ``parameter_differences`` compares.
     """
-    return {
-        "slide": {
-            "path": str(slide.path.resolve()),
-            "sha256": sha256,
-            "backend": slide.backend,
-            "mpp": slide.mpp,
-            "mpp_source": "file" if options.mpp is None else "--mpp",
-            "width0": slide.width0,
-            "height0": slide.height0,
+    return HeatmapRecord(
+        slide=SlideRecord(
+            path=str(slide.path.resolve()),
+            sha256=sha256,
+            backend=slide.backend,
+            mpp=slide.mpp,
+            mpp_source="file" if options.mpp is None else "--mpp",
+            width0=slide.width0,
+            height0=slide.height0,
             **file_stamp(slide.path),
-        },
-        "model": {
-            "name": card.name,
-            "folder": model.folder,
-            "weights_sha256": model.weights_sha256,
-            "architecture": card.architecture,
-            "engine": model.engine,
-        },
-        "grid": grid.to_dict(),
-        "tissue_threshold": options.tissue_threshold,
-        "tissue_mpp": options.tissue_mpp,
-        "tissue_min_um2": options.tissue_min_um2,
-        "tissue_max_hole_um2": options.tissue_max_hole_um2,
-        "block_cells": options.block_cells,
-        "tta": options.tta,
-        "package_version": __version__,
-        "started": started,
-    }
+        ),
+        model=ModelRecord(
+            name=card.name,
+            folder=model.folder,
+            weights_sha256=model.weights_sha256,
+            architecture=card.architecture,
+            engine=model.engine,
+        ),
+        grid=grid,
+        class_names=tuple(card.class_names),
+        tissue=TissueParameters(
+            threshold=options.tissue_threshold,
+            mpp=options.tissue_mpp,
+            min_um2=options.tissue_min_um2,
+            max_hole_um2=options.tissue_max_hole_um2,
+        ),
+        block_cells=options.block_cells,
+        tta=options.tta,
+        package_version=__version__,
+        started=started,
+    )
 
 
 def tissue_cells(slide: Slide, grid: PatchGrid, options: ScoreOptions) -> tuple[np.ndarray, TissueMask]:
@@ -215,7 +225,7 @@ def _plan_heatmap(
     """Start the slide's heatmap, resume a partial one made the same way, or keep a complete one."""
     grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
     started = datetime.now(timezone.utc).isoformat()
-    existing = None if options.overwrite or not plan.heatmap.exists() else read_metadata(plan.heatmap)
+    existing = None if options.overwrite or not plan.heatmap.exists() else read_record(plan.heatmap)
     sha256, found = recorded_sha256(existing, plan.path), None
     if sha256 is None:
         found = tissue_pool.submit(tissue_cells, slide, grid, options)  # while the file is hashed
@@ -223,25 +233,25 @@ def _plan_heatmap(
             sha256 = file_sha256(plan.path)
         finally:
             wait([found])  # the slide stays open until then
-    metadata = heatmap_metadata(slide, sha256, card, model, grid, options, started)
+    record = heatmap_metadata(slide, sha256, card, model, grid, options, started)
     if existing is not None:
-        differences = parameter_differences(existing, metadata)
+        differences = parameter_differences(existing, record)
         if differences:
             raise InputError(
                 plan.heatmap,
                 f"holds a heatmap made with other parameters ({'; '.join(differences)}); "
                 "--overwrite scores it afresh",
             )
-        if existing.get("complete"):
+        if existing.complete:
             if found is not None:  # hashed: same content under a new stamp, kept for the next re-run
-                HeatmapWriter.reopen(plan.heatmap).record(slide=metadata["slide"])
+                HeatmapWriter.reopen(plan.heatmap).record(slide=record.slide)
             return replace(plan, notes=(COMPLETE_NOTE, *plan.notes))
     cells, tissue = tissue_cells(slide, grid, options) if found is None else found.result()
     if existing is None:
-        metadata["tissue_saturation_threshold"] = tissue.threshold
-        writer = _new_heatmap(plan.heatmap, grid, card, options, metadata, cells)
+        tissue_record = replace(record.tissue, saturation_threshold=float(tissue.threshold))
+        writer = _new_heatmap(plan.heatmap, replace(record, tissue=tissue_record), cells)
     else:
-        writer = _resume_heatmap(plan.heatmap, existing, cells, started)
+        writer = _resume_heatmap(plan.heatmap, cells, started)
     blocks = [b for b in split_blocks(grid.shape, options.block_cells) if cells[b.cells].any()]
     todo = sorted(
         ((int(cells[b.cells].sum()), b) for b in blocks if not writer.is_written(b)),
@@ -261,23 +271,21 @@ def _plan_heatmap(
     )
 
 
-def _new_heatmap(
-    heatmap: Path, grid: PatchGrid, card: ModelCard, options: ScoreOptions, metadata: dict, cells: np.ndarray
-) -> HeatmapWriter:
+def _new_heatmap(heatmap: Path, record: HeatmapRecord, cells: np.ndarray) -> HeatmapWriter:
     """A new heatmap store (replacing any there) holding the tissue cells to score."""
     if heatmap.exists():
         remove_heatmap(heatmap)
-    writer = HeatmapWriter(heatmap, grid, card.class_names, options.block_cells, metadata)
+    writer = HeatmapWriter(heatmap, record.grid, list(record.class_names), record.block_cells, record)
     writer.write_tissue(cells)
     return writer
 
 
-def _resume_heatmap(heatmap: Path, existing: dict, cells: np.ndarray, started: str) -> HeatmapWriter:
+def _resume_heatmap(heatmap: Path, cells: np.ndarray, started: str) -> HeatmapWriter:
     """The partial heatmap reopened, refused when its tissue cells are not those found now."""
     writer = HeatmapWriter.reopen(heatmap)
     if not np.array_equal(writer.tissue[...].astype(bool), cells):
         raise InputError(
             heatmap, "partial heatmap has other tissue cells than found now; --overwrite scores it afresh"
         )
-    writer.record(resumed=[*existing.get("resumed", []), started])
+    writer.record(resumed=(*writer.metadata.resumed, started))
     return writer

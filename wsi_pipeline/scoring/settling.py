@@ -22,7 +22,8 @@ from wsi_pipeline.findings.reports import ReportOptions, current_summary, ensure
 from wsi_pipeline.scoring.ledger import record_in_batch_table
 from wsi_pipeline.scoring.options import SlideResult
 from wsi_pipeline.scoring.planning import SlidePlan, heatmap_path
-from wsi_pipeline.store.heatmap import read_metadata
+from wsi_pipeline.store.heatmap import read_record
+from wsi_pipeline.store.metadata import HeatmapRecord
 
 Settle = Callable[[SlidePlan, "Exception | None"], SlideResult]
 """A settling policy: a slide's plan and its error (planning's or a block's, None when all went well) → its
@@ -31,7 +32,7 @@ result; it releases the plan's lock."""
 
 def finish_slide(
     plan: SlidePlan, error: Exception | None, *, reports: ReportOptions | None
-) -> tuple[SlideResult, dict]:
+) -> tuple[SlideResult, HeatmapRecord]:
     """Finalise a slide whose blocks are all written (or a complete heatmap kept) and make its reports.
 
     Args:
@@ -60,7 +61,7 @@ def finish_slide(
         result.summary = current_summary(plan.heatmap)
     else:
         result.summary = ensure_reports(plan.heatmap, reports)
-    return result, read_metadata(plan.heatmap)
+    return result, read_record(plan.heatmap)
 
 
 def settle_in_batch(

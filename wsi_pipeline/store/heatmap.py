@@ -26,7 +26,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.store.metadata import HeatmapRecord, as_record, from_dict, migrate, to_dict, updated
+from wsi_pipeline.store.metadata import HeatmapRecord, from_dict, migrate, to_dict, updated
 from wsi_pipeline.store.ngff import NGFF_VERSION, halve, level_shapes, multiscales
 from wsi_pipeline.tiling.grid import Block, PatchGrid
 
@@ -57,7 +57,7 @@ class HeatmapWriter:
     """Creates the store (or reopens a partial one), takes blocks of scores as they finish, records each block
     as done once its scores are on disk, and marks the heatmap complete at the end. ``metadata`` is the
     heatmap's record, its grid, classes and block size replaced by those given here, no devices or engines and
-    not complete; a metadata dict (of any version) is taken too, while the scoring code still builds one."""
+    not complete."""
 
     def __init__(
         self,
@@ -65,10 +65,8 @@ class HeatmapWriter:
         grid: PatchGrid,
         class_names: list[str],
         block_cells: int,
-        metadata: HeatmapRecord | dict,
+        metadata: HeatmapRecord,
     ) -> None:
-        if not isinstance(metadata, HeatmapRecord):
-            metadata = as_record({**metadata, "grid": grid.to_dict(), "class_names": list(class_names)}, path)
         metadata = updated(
             metadata,
             path,
@@ -230,12 +228,6 @@ def read_record(path: str | Path) -> HeatmapRecord:
     if not is_heatmap(path):
         raise InputError(path, "not a wsi_pipeline heatmap (no Zarr group with wsi_pipeline metadata)")
     return from_dict(migrate(zarr.open_group(path, mode="r").attrs[META_KEY], path), path)
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The metadata record of a heatmap store as a dict of the current version, for the scoring code until it
-    reads the record."""
-    return to_dict(read_record(path))
 
 
 def read_heatmap(path: str | Path) -> Heatmap:

@@ -266,12 +266,6 @@ def migrate(metadata: object, store: str | Path = "<metadata>") -> dict:
     return metadata
 
 
-def as_record(metadata: HeatmapRecord | dict, store: str | Path = "<metadata>") -> HeatmapRecord:
-    """The record itself, or the record of a metadata dict of any version (the scoring code still passes
-    dicts)."""
-    return metadata if isinstance(metadata, HeatmapRecord) else from_dict(migrate(metadata, store), store)
-
-
 def updated(record: HeatmapRecord, store: str | Path, **changes: object) -> HeatmapRecord:
     """``record`` with some fields replaced (by values of their type, or their dict and list form), checked as
     it will be read back."""
@@ -295,9 +289,9 @@ IDENTITY = {
 }
 
 
-def parameter_differences(old: HeatmapRecord | dict, new: HeatmapRecord | dict) -> list[str]:
-    """What a heatmap's values depend on that differs between two runs' metadata, with both values (dicts of
-    any version are migrated first, so what earlier heatmaps did not record counts as what they did)."""
+def parameter_differences(old: HeatmapRecord, new: HeatmapRecord) -> list[str]:
+    """What a heatmap's values depend on that differs between two runs' metadata, with both values (a record
+    migrated from an earlier version holds what those heatmaps did without recording it)."""
 
     def look_up(metadata: dict, keys: tuple[str, ...]) -> object:
         for key in keys:
@@ -309,7 +303,7 @@ def parameter_differences(old: HeatmapRecord | dict, new: HeatmapRecord | dict) 
     def shown(value: object) -> str:
         return f"{value[:12]}…" if isinstance(value, str) and len(value) == 64 else repr(value)
 
-    old, new = (to_dict(m) if isinstance(m, HeatmapRecord) else migrate(m) for m in (old, new))
+    old, new = to_dict(old), to_dict(new)
     return [
         f"{name} {shown(look_up(old, keys))} in the heatmap, {shown(look_up(new, keys))} now"
         for keys, name in IDENTITY.items()
@@ -317,12 +311,12 @@ def parameter_differences(old: HeatmapRecord | dict, new: HeatmapRecord | dict) 
     ]
 
 
-def recorded_sha256(existing: HeatmapRecord | dict | None, path: Path) -> str | None:
+def recorded_sha256(existing: HeatmapRecord | None, path: Path) -> str | None:
     """The slide sha256 a heatmap recorded, when the file is still the one it was computed from (same path,
     size and modification time, as make and rsync judge), so re-runs over many slides do not read every file
     again; None otherwise (the file is hashed)."""
     if existing is None:
         return None
-    slide, stamp = as_record(existing).slide, file_stamp(path)
+    slide, stamp = existing.slide, file_stamp(path)
     same_stamp = (slide.size, slide.mtime_ns) == (stamp["size"], stamp["mtime_ns"])
     return slide.sha256 if same_stamp and slide.path == str(path.resolve()) else None
