@@ -40,10 +40,16 @@ def test_importing_the_package_loads_only_its_version():
     ]
 
 
-PROGS = {"score": "wsi-score", "evaluate": "wsi-eval", "train": "wsi-train", "synth": "wsi-synth"}
+PROGS = {
+    "score": "wsi-score",
+    "evaluate": "wsi-eval",
+    "train": "wsi-train",
+    "synth": "wsi-synth",
+    "models": "wsi-models",
+}
 
 
-@pytest.mark.parametrize("command", ["score", "evaluate", "train", "synth", "synth slides", "synth patches"])
+@pytest.mark.parametrize("command", [*PROGS, "synth slides", "synth patches", "models pull"])
 def test_help_loads_nothing_heavy(command):
     module, *argv = command.split()
     code = f"""
