@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, print_error, run_command
@@ -99,20 +100,8 @@ def score(args: argparse.Namespace) -> int:
     from wsi_pipeline.scoring.ledger import BATCH_TABLE
     from wsi_pipeline.slide.find import find_slides
 
-    options = ScoreOptions(
-        stride=args.stride,
-        tissue_threshold=args.tissue_threshold,
-        tissue_min_um2=args.tissue_min_um2,
-        tissue_max_hole_um2=args.tissue_max_hole_um2,
-        block_cells=args.block_cells,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        device=args.device,
-        engine=args.engine,
-        backend=args.backend,
-        mpp=args.mpp,
-        overwrite=args.overwrite,
-    )
+    parsed = vars(args)  # each option named as a field of ScoreOptions sets that field
+    options = ScoreOptions(**{f.name: parsed[f.name] for f in fields(ScoreOptions) if f.name in parsed})
     reports = ReportOptions(args.threshold, args.top_k, args.tile_table, args.geojson_tiles)
     options.validate()
     reports.validate()
