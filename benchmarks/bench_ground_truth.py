@@ -4,9 +4,9 @@ Writes ``--slides`` synthetic lymph-node slides (seeds never used for training d
 tumour), scores them with ``score_slides`` and a model (default: the bundled default model), and compares
 each heatmap with the slide's truth polygons (``evaluation.truth``): pooled cell-level AUC and Dice,
 slide-level AUC (slide score = max tumour probability), the share of metastases larger than 0.5 mm that reach
-the threshold, and the Camelyon16 lesion-level FROC (``evaluation.froc``: detections one per region of cells
-at least ``--detection-floor``; ``--froc-png`` draws the curve). Slides are kept in ``--workdir`` and reused
-on a second run.
+the threshold, and the Camelyon16 lesion-level FROC by both rule sets, the challenge's and the corrected ones
+(``evaluation.froc``: detections one per region of cells at least ``--detection-floor``; ``--froc-png`` draws
+the curve of ``--froc-rules``). Slides are kept in ``--workdir`` and reused on a second run.
 
     /work/venv/bin/python benchmarks/bench_ground_truth.py --slides 20
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from wsi_pipeline.cli.synth import slide_plan
-from wsi_pipeline.evaluation.froc import DETECTION_FLOOR
+from wsi_pipeline.evaluation.froc import DETECTION_FLOOR, RULES
 from wsi_pipeline.evaluation.plots import plot_froc
 from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--detection-floor", type=float, default=DETECTION_FLOOR)
     p.add_argument("--froc-png", type=Path, help="also draw the FROC curve to this PNG")
+    p.add_argument("--froc-rules", choices=RULES, default="challenge", help="the rule set --froc-png draws")
     p.add_argument("--workdir", default="bench-ground-truth")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
@@ -67,34 +68,41 @@ def main() -> None:
         paths, args.model, out_dir, options=options, n_workers=args.workers, show_progress=False
     )
     seconds = time.perf_counter() - start
-    per_slide = []
+    per_slide: dict[str, list[dict]] = {rules: [] for rules in RULES}
     for result in results:
         if result.status != "ok":
             raise SystemExit(f"{result.slide}: {result.message}")
-        evaluation = evaluate_heatmap(
-            read_heatmap(result.heatmap),
-            read_truth_polygons(result.slide),
-            args.threshold,
-            detection_floor=args.detection_floor,
-        )
-        per_slide.append(evaluation)
+        heatmap, polygons = read_heatmap(result.heatmap), read_truth_polygons(result.slide)
+        for rules in RULES:
+            per_slide[rules].append(
+                evaluate_heatmap(
+                    heatmap, polygons, args.threshold, detection_floor=args.detection_floor, rules=rules
+                )
+            )
+        evaluation = per_slide["challenge"][-1]
         found = " ".join(
             f"{m['diameter_um'] / 1000:.2f}mm:{'hit' if m['detected'] else 'MISS'}({m['peak']:.2f})"
             for m in evaluation["metastases"]
         )
-        lesions = evaluation["lesion_detection"]
+        matched = {rules: per_slide[rules][-1]["lesion_detection"] for rules in RULES}
+        lesions = "; ".join(
+            f"{rules}: lesions with a detection {len(m['hits'])}/{m['lesions']} (+{m['itc']} ITC),"
+            f" false positives {len(m['fps'])}"
+            for rules, m in matched.items()
+        )
         print(
             f"{Path(result.slide).name}: slide score {evaluation['slide_score']:.3f}; {found or 'no tumour'};"
-            f" lesions with a detection {len(lesions['hits'])}/{lesions['lesions']} (+{lesions['itc']} ITC),"
-            f" false positives {len(lesions['fps'])}"
+            f" {lesions}"
         )
-    summary = summarise(per_slide)
-    froc = summary.pop("froc")
-    if froc is not None and args.froc_png is not None:
-        plot_froc(froc, args.froc_png, title=f"FROC, {args.slides} held-out synthetic slides")
+    summaries = {rules: summarise(per_slide[rules], rules=rules) for rules in RULES}
+    froc = {rules: each.pop("froc") for rules, each in summaries.items()}
+    summary = summaries["challenge"]  # the same but for the FROC
+    if froc[args.froc_rules] is not None and args.froc_png is not None:
+        title = f"FROC ({args.froc_rules} rules), {args.slides} held-out synthetic slides"
+        plot_froc(froc[args.froc_rules], args.froc_png, title=title)
     summary.update(
-        froc_score=None if froc is None else froc["score"],
-        froc_sensitivity_at=None if froc is None else froc["sensitivity_at"],
+        froc_score={rules: None if f is None else f["score"] for rules, f in froc.items()},
+        froc_sensitivity_at={rules: None if f is None else f["sensitivity_at"] for rules, f in froc.items()},
         model=args.model,
         threshold=args.threshold,
         detection_floor=args.detection_floor,
