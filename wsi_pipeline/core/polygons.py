@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.spatial import ConvexHull, QhullError
 from skimage.measure import points_in_poly
 
 
@@ -21,9 +23,18 @@ def polygon_area(vertices: np.ndarray) -> float:
 
 
 def max_diameter(vertices: np.ndarray) -> float:
-    """Largest distance between two vertices (a polygon's longest diameter)."""
-    diff = vertices[:, None, :] - vertices[None, :, :]
-    return float(np.sqrt((diff**2).sum(-1)).max())
+    """Largest distance between two vertices (a polygon's longest diameter). The farthest pair lies on the
+    convex hull, so only hull vertices are compared (memory stays small for outlines of thousands of
+    vertices)."""
+    points = np.unique(np.asarray(vertices, np.float64), axis=0)
+    if len(points) > 3:
+        with contextlib.suppress(QhullError):  # all on one line: every point stays a candidate
+            points = points[ConvexHull(points).vertices]
+    longest_squared = 0.0
+    for start in range(0, len(points), 1024):  # rows of the distance matrix in chunks: bounded memory
+        diff = points[start : start + 1024, None, :] - points[None, :, :]
+        longest_squared = max(longest_squared, float((diff**2).sum(-1).max()))
+    return float(np.sqrt(longest_squared))
 
 
 def points_in_polygons(polygons: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull
 from skimage.measure import find_contours
 
 from wsi_pipeline.core.classes import tumour_class_index
@@ -86,7 +85,7 @@ def find_regions(heatmap: Heatmap, threshold: float = 0.5) -> list[Region]:
             Region(
                 cells=len(rows),
                 area_mm2=len(rows) * (grid.cell_um / 1000) ** 2,
-                diameter_mm=max_diameter(exteriors[ConvexHull(exteriors).vertices]) * grid.cell_um / 1000,
+                diameter_mm=max_diameter(exteriors) * grid.cell_um / 1000,
                 centroid_level0=(
                     float(lattice_to_level0(grid, cols + 0.5).mean()),
                     float(lattice_to_level0(grid, rows + 0.5).mean()),
