@@ -85,7 +85,7 @@ def heatmap_record(grid: PatchGrid, slide_path: str | Path = "slide.svs") -> Hea
         slide=SlideRecord(
             str(slide_path), "0" * 64, "tiffslide", grid.mpp0, "file", grid.width0, grid.height0
         ),
-        model=ModelRecord("hand-made", "hand-made", "0" * 64, "none", "torch"),
+        models=(ModelRecord("hand-made", "hand-made", "0" * 64, "none", "torch"),),
         grid=grid,
         class_names=("normal", "tumour"),
         tissue=TissueParameters(threshold=0.5, mpp=8.0),

@@ -44,7 +44,7 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
     meta = root.attrs["wsi_pipeline"]
     for key in (
         "slide",
-        "model",
+        "models",
         "grid",
         "tissue",
         "package_version",
@@ -53,9 +53,9 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
         "finished",
     ):
         assert key in meta
-    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 2)
-    assert meta["complete"] is True and meta["devices"] == ["cpu"]
-    assert len(meta["slide"]["sha256"]) == 64 and len(meta["model"]["weights_sha256"]) == 64
+    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 3)
+    assert meta["complete"] is True and meta["devices"] == ["cpu"] and meta["slide"]["synthetic"] is True
+    assert len(meta["slide"]["sha256"]) == 64 and len(meta["models"][0]["weights_sha256"]) == 64
     # An independent validator of the OME-Zarr 0.5 specification accepts the image and its label image.
     image = ome_image.Image.from_zarr(root)
     assert image.ome_attributes.multiscales[0].datasets[0].path == "0"

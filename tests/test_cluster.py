@@ -135,7 +135,7 @@ def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slide
         heatmap = read_heatmap(tmp_path / "out" / f"{slide.stem}.zarr")
         assert heatmap.complete and heatmap.metadata.devices == ("cpu",)
         # every worker ran the engine the client chose (auto resolved once), as the in-process run did
-        assert heatmap.metadata.engines == (heatmap.metadata.model.engine,)
+        assert heatmap.metadata.engines == (heatmap.metadata.models[0].engine,)
         np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])
 
     def cached_models() -> list[str]:
@@ -144,7 +144,7 @@ def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slide
         return [weights for weights, *_ in _models]
 
     # both workers scored, each with one copy of the model, cached by its weights' hash
-    weights = read_heatmap(tmp_path / "out" / "a.zarr").metadata.model.weights_sha256
+    weights = read_heatmap(tmp_path / "out" / "a.zarr").metadata.models[0].weights_sha256
     assert list(cluster.client.run(cached_models).values()) == [[weights], [weights]]
 
 

@@ -192,7 +192,7 @@ def test_wsi_score_runs_the_chosen_engine_on_every_block_and_resumes_only_with_i
     for engine in ("torch", "onnxruntime"):
         assert main([*common, "-o", str(tmp_path / engine), "--engine", engine, "--no-reports"]) == 0
         heatmaps[engine] = read_heatmap(tmp_path / engine / "s.zarr")
-        assert heatmaps[engine].metadata.model.engine == engine
+        assert heatmaps[engine].metadata.models[0].engine == engine
         assert heatmaps[engine].metadata.engines == (engine,)
     scored = heatmaps["torch"].tissue
     assert scored.sum() > 100

@@ -213,8 +213,10 @@ def test_write_reports_beside_the_heatmap(synthetic):
         "node.tiles.csv",
     }
     assert json.loads(paths["summary"].read_text()) == summary
-    assert summary["schema"] == "wsi_pipeline.summary" and summary["schema_version"] == 1
-    assert (summary["threshold"], summary["top_k"], summary["model"]["name"]) == (0.5, 5, "hand-made")
+    assert summary["schema"] == "wsi_pipeline.summary" and summary["schema_version"] == 2
+    assert (summary["threshold"], summary["top_k"]) == (0.5, 5)
+    assert summary["models"] == [{"name": "hand-made", "weights_sha256": "0" * 64, "source": None}]
+    assert (summary["model_intended_use"], summary["demonstration_model"]) == ("not stated", False)
     assert summary["top_k_mean"] == pytest.approx(0.95) and summary["max_probability"] == pytest.approx(0.95)
     assert summary["scored_cells"] == synthetic["tissue"].sum() and summary["region_count"] == 2
     assert summary["category"] == "micrometastasis" and "not a diagnosis" in summary["category_note"]

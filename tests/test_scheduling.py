@@ -15,11 +15,10 @@ import pytest
 from wsi_pipeline import ScoreOptions, read_heatmap, score_slide, score_slides
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.locks import LockedError, lock_path
-from wsi_pipeline.model.folder import read_card
 from wsi_pipeline.scoring import scheduler
 from wsi_pipeline.scoring.ledger import BATCH_TABLE, read_batch_table
 from wsi_pipeline.scoring.options import BlockWritten, SlidePlanned
-from wsi_pipeline.scoring.planning import COMPLETE_NOTE, SlidePlan, model_source, plan_slide
+from wsi_pipeline.scoring.planning import COMPLETE_NOTE, SlidePlan, model_members, plan_slide
 
 from .conftest import make_slide
 
@@ -36,13 +35,11 @@ def slide(tmp_path_factory) -> Path:
 @pytest.fixture
 def plan(probe_model, tmp_path) -> Iterator[partial]:
     """``plan_slide`` into ``tmp_path/out`` with the probe model (options given per call)."""
-    card = read_card(probe_model)
     with ThreadPoolExecutor(1) as tissue_pool:
         yield partial(
             plan_slide,
             out_dir=tmp_path / "out",
-            card=card,
-            model=model_source(probe_model, card, OPTIONS),
+            members=model_members(probe_model, OPTIONS),
             tissue_pool=tissue_pool,
         )
 

@@ -55,9 +55,9 @@ def test_tta_heatmap_is_the_mean_over_the_eight_views_and_never_mixes_with_plain
 
 def test_heatmaps_from_before_engine_and_tta_were_recorded_count_as_torch_without_tta():
     old = read_record(V1_HEATMAP)  # written before the metadata was versioned, migrated when read
-    assert (old.model.engine, old.tta) == ("torch", False)
+    assert (old.models[0].engine, old.tta) == ("torch", False)
     assert parameter_differences(old, old) == []
-    changed = replace(old, model=replace(old.model, engine="onnxruntime"), tta=True)
+    changed = replace(old, models=(replace(old.models[0], engine="onnxruntime"),), tta=True)
     assert parameter_differences(old, changed) == [
         "CPU engine 'torch' in the heatmap, 'onnxruntime' now",
         "test-time augmentation False in the heatmap, True now",

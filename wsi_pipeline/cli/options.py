@@ -25,19 +25,31 @@ def add_batch_size(p: Options, default: int) -> None:
     p.add_argument("--batch-size", type=int, default=default, help="patches per batch (default: %(default)s)")
 
 
-def add_model_options(p: Options, *, batch_size: int, bundled_default: bool = False) -> None:
+def add_model_options(
+    p: Options, *, batch_size: int, bundled_default: bool = False, ensemble: bool = False
+) -> None:
     """How a model scores patches: ``--model`` (by default the bundled default model with
-    ``bundled_default``, else none), ``--device``, ``--batch-size`` and ``--tta``."""
+    ``bundled_default``, else none; with ``ensemble`` it may be repeated, a list, and its default is given
+    as None: the caller takes ``args.model or [DEFAULT_MODEL]``), ``--device``, ``--batch-size`` and
+    ``--tta``."""
     model_help = (
         "model folder (model.json + weights), WSInfer model folder, a bundled model's name, or a published "
         "model's: tiatoolbox:NAME, hf-hub:ORG/REPO[@REVISION] (see wsi-models list)"
     )
+    if ensemble:
+        model_help += (
+            "; repeat for an ensemble: every patch is scored by each model and the heatmap holds the mean "
+            "probability (the models must share patch size, µm/px and class names)"
+        )
     if bundled_default:
         model_help += (
             f" (default: {DEFAULT_MODEL}, trained on synthetic data: for demonstration and testing, "
             "not for diagnosis)"
         )
-    p.add_argument("--model", default=DEFAULT_MODEL if bundled_default else None, help=model_help)
+    if ensemble:
+        p.add_argument("--model", action="append", help=model_help)
+    else:
+        p.add_argument("--model", default=DEFAULT_MODEL if bundled_default else None, help=model_help)
     add_device(p)
     add_batch_size(p, batch_size)
     p.add_argument(

@@ -13,8 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, print_error, run_command
+from wsi_pipeline.model.bundled import DEFAULT_MODEL
 from wsi_pipeline.model.card import ENGINES
-from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions
+from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions, SlideResult
 from wsi_pipeline.slide.reader import BACKENDS
 
 DEFAULTS = ScoreOptions()
@@ -25,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsi-score", description=__doc__)
     p.add_argument("slides", nargs="+", help="slide files or folders of slides")
     p.add_argument("-o", "--out", default="results", help="output folder (default: results)")
-    add_model_options(p, batch_size=DEFAULTS.batch_size, bundled_default=True)
+    add_model_options(p, batch_size=DEFAULTS.batch_size, bundled_default=True, ensemble=True)
     p.add_argument(
         "--engine",
         default=DEFAULTS.engine,
@@ -92,6 +93,24 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def demonstration_warning(results: list[SlideResult]) -> str | None:
+    """One line for the slides a demonstration model answered without the synthetic mark (their sizes got no
+    category), naming a real model to use; None when there are none."""
+    from wsi_pipeline.findings.summary import REAL_MODEL, category_assessed
+    from wsi_pipeline.store.heatmap import read_record
+
+    records = [read_record(result.heatmap) for result in results if result.status in ("ok", "skipped")]
+    flagged = [record for record in records if not category_assessed(record)]
+    if not flagged:
+        return None
+    names = sorted({model.name for record in flagged for model in record.models if model.demonstration})
+    return (
+        f"wsi-score: warning: demonstration model {' and '.join(names)} on {len(flagged)} slide(s) not made "
+        f"by wsi-synth: not for diagnosis, no size category given; for real tissue use --model {REAL_MODEL} "
+        "(see wsi-models list)"
+    )
+
+
 def score(args: argparse.Namespace) -> int:
     """Score the slides as parsed; 1 when a slide failed."""
     from wsi_pipeline.findings.reports import ReportOptions  # the scoring stack: loaded once parsed
@@ -109,7 +128,7 @@ def score(args: argparse.Namespace) -> int:
     with _sigterm_interrupts():
         results = score_slides(
             slides,
-            args.model,
+            args.model or [DEFAULT_MODEL],
             args.out,
             options=options,
             scheduler=args.scheduler,
@@ -128,6 +147,9 @@ def score(args: argparse.Namespace) -> int:
             print(f"ok {result.slide} -> {result.heatmap} ({done})")
         if result.summary is not None:
             print("  " + "; ".join(answer_parts(result.summary)))
+    warning = demonstration_warning(results)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     print(f"batch table: {Path(args.out) / BATCH_TABLE}")
     return 1 if any(r.status == "failed" for r in results) else 0
 

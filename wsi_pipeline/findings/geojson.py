@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsi_pipeline.findings.regions import Region, lattice_to_level0
-from wsi_pipeline.findings.summary import region_record
+from wsi_pipeline.findings.summary import category_words, region_record, reported_category
 from wsi_pipeline.store.heatmap import Heatmap
 
 TUMOUR_CLASSIFICATION = {"name": "Tumor", "color": [200, 0, 0]}  # QuPath's built-in Tumor class
@@ -27,15 +27,15 @@ def geometry(polygons: list[list[np.ndarray]]) -> dict:
     return {"type": "MultiPolygon", "coordinates": coordinates}
 
 
-def region_feature(number: int, region: Region) -> dict:
-    """A region as a QuPath ``Tumor`` annotation with its measurements."""
-    record = region_record(number, region)
+def region_feature(number: int, region: Region, category: str) -> dict:
+    """A region as a QuPath ``Tumor`` annotation with its measurements, named with its reported category."""
+    record = region_record(number, region, category)
     return {
         "type": "Feature",
         "geometry": geometry(region.polygons),
         "properties": {
             "objectType": "annotation",
-            "name": f"Tumour region {number}: {region.category} (research estimate, not a diagnosis)",
+            "name": f"Tumour region {number}: {category_words(category)}",
             "classification": TUMOUR_CLASSIFICATION,
             "measurements": {key: record[key] for key in REGION_MEASUREMENTS},
         },
@@ -71,5 +71,8 @@ def tile_features(heatmap: Heatmap) -> list[dict]:
 
 def qupath_geojson(heatmap: Heatmap, regions: list[Region], tiles: bool = False) -> dict:
     """The regions as annotations, and with ``tiles`` every scored tile as a detection."""
-    features = [region_feature(number, region) for number, region in enumerate(regions, start=1)]
+    features = [
+        region_feature(number, region, reported_category(heatmap.metadata, region.diameter_mm))
+        for number, region in enumerate(regions, start=1)
+    ]
     return {"type": "FeatureCollection", "features": features + (tile_features(heatmap) if tiles else [])}

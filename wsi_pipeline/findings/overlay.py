@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.findings.regions import Region, tumour_scores
-from wsi_pipeline.findings.summary import answer_parts
+from wsi_pipeline.findings.summary import DEMONSTRATION_TITLE, NOT_ASSESSED, answer_parts
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import Heatmap
 
@@ -94,14 +94,19 @@ def write_overlay(path: str | Path, heatmap: Heatmap, regions: list[Region], sum
         cax=bar,
         label=f"probability of {summary['tumour_class']}",
     )
-    title = _title(summary, note)
+    title = overlay_title(summary, note)
     figure.text(MARGINS["left"] / fig_width, 1 - 6 / fig_height, title, va="top", ha="left", fontsize=8)
     figure.savefig(path, dpi=DPI, format="png")
     return Path(path)
 
 
-def _title(summary: dict, note: str) -> str:
+def overlay_title(summary: dict, note: str = "") -> str:
+    """The overlay's title: slide, model (and, where its sizes get no category, that it is a demonstration
+    model), cell size, ``note``; then the answers of the summary."""
     score, regions, category = answer_parts(summary)
-    head = f"{Path(summary['slide']['path'] or '').name} · model {summary['model']['name']} · "
+    model = " + ".join(model["name"] for model in summary["models"])
+    if summary["category"] == NOT_ASSESSED:
+        model += f" ({DEMONSTRATION_TITLE})"
+    head = f"{Path(summary['slide']['path'] or '').name} · model {model} · "
     head += f"heatmap cell {summary['cell_size_um']:.0f} µm" + (f" · {note}" if note else "")
     return "\n".join([head, f"{score} · {regions} (outlined)", category])

@@ -39,6 +39,7 @@ class ModelCard:
     input_size: int | None = None  # side the model takes the patch at (resized on the device); None = as cut
     weights_format: str = "state_dict"  # or "torchscript": the weights file is a TorchScript archive
     intended_use: str = ""  # what the model is for (and not for), in the publisher's or trainer's words
+    demonstration: bool = False  # for demonstration and pipeline checks only: no answers on real tissue
     source: dict = field(default_factory=dict)  # a downloaded model: repo, revision, files, sha256, citation
 
     @property
@@ -58,6 +59,19 @@ class ModelCard:
         suffixes = (".safetensors", *TORCH_SUFFIXES)
         if self.weights_format == "state_dict" and Path(self.weights).suffix not in suffixes:
             raise ValueError(f"weights must be {'/'.join(suffixes)}, not {self.weights}")
+
+
+def ensemble_difference(first: ModelCard, other: ModelCard) -> str | None:
+    """What keeps two models from scoring as one ensemble (the mean of their probabilities per patch): a
+    different patch size, µm/px or class names (in order); None when they agree."""
+    for what, mine, theirs in (
+        ("patch size", first.patch_size, other.patch_size),
+        ("µm/px", first.mpp, other.mpp),
+        ("class names", first.class_names, other.class_names),
+    ):
+        if mine != theirs:
+            return f"{what}: {first.name} {mine}, {other.name} {theirs}"
+    return None
 
 
 def write_card(folder: Path, card: ModelCard) -> None:

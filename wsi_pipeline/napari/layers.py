@@ -16,6 +16,7 @@ from npe2.types import LayerData
 
 from wsi_pipeline.core.classes import tumour_class_index
 from wsi_pipeline.findings.regions import Region, find_regions
+from wsi_pipeline.findings.summary import reported_category
 from wsi_pipeline.scoring.worker import SlideSource, worker_slide
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import Heatmap
@@ -121,7 +122,7 @@ def region_shapes(heatmap: Heatmap, regions: list[Region]) -> tuple[list[np.ndar
             features["region"].append(number)
             features["area_mm2"].append(region.area_mm2)
             features["diameter_mm"].append(region.diameter_mm)
-            features["category"].append(region.category)
+            features["category"].append(reported_category(heatmap.metadata, region.diameter_mm))
             label = f"{number}: {region.diameter_mm:.2f} mm, {region.area_mm2:.3f} mm²"
             features["label"].append(label if index == 0 else "")
     return rings, features

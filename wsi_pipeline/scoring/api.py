@@ -2,7 +2,8 @@
 
 Both plan each slide (``planning``), keep its blocks in flight on a Dask cluster (``scheduler``) and settle it
 (``settling``): ``score_slides`` reports a failed slide and goes on, writing ``OUT/slides.csv``;
-``score_slide`` raises a failure and writes no table."""
+``score_slide`` raises a failure and writes no table. Either takes one model or an ensemble's members (a
+sequence of models): each patch is scored by every member and the heatmap holds their mean probability."""
 
 from __future__ import annotations
 
@@ -10,18 +11,14 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
-from wsi_pipeline.model.bundled import resolve_model_folder
-from wsi_pipeline.model.folder import read_card
-from wsi_pipeline.model.predict import choose_engine
 from wsi_pipeline.scoring.cluster import dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, ScoringEvent, SlideResult
-from wsi_pipeline.scoring.planning import model_source, plan_slide
+from wsi_pipeline.scoring.planning import Member, ModelSpec, model_members, plan_slide
 from wsi_pipeline.scoring.scheduler import Scheduler
 from wsi_pipeline.scoring.settling import Settle, cancelled_result, settle_alone, settle_in_batch
 
@@ -31,7 +28,7 @@ if TYPE_CHECKING:
 
 def score_slide(
     slide_path: str | Path,
-    model_folder: str | Path,
+    model: ModelSpec,
     out_dir: str | Path,
     *,
     client: Client,
@@ -46,7 +43,7 @@ def score_slide(
 
     Args:
         slide_path: the slide file.
-        model_folder: a model folder or the name of a bundled model.
+        model: a model folder, a bundled or published model's name, or a sequence of them (an ensemble).
         out_dir: the folder of the heatmap (created if missing).
         client: a ``distributed.Client`` to score on.
         options: the scoring parameters.
@@ -60,17 +57,18 @@ def score_slide(
         heatmap is resumable).
 
     Raises:
-        InputError: the slide, its heatmap or the model folder cannot be used (e.g. other parameters).
+        InputError: the slide, its heatmap or a model cannot be used (e.g. other parameters, ensemble members
+            that differ).
     """
     options.validate()
-    model_folder = resolve_model_folder(model_folder)
     if reports is not None:
         reports.validate()
+    members = model_members(model, options)
     settle = partial(settle_alone, reports=reports)
     (result,) = _score(
         client,
         [slide_path],
-        model_folder,
+        members,
         out_dir,
         options=options,
         settle=settle,
@@ -83,7 +81,7 @@ def score_slide(
 
 def score_slides(
     slide_paths: Sequence[str | Path],
-    model_folder: str | Path,
+    model: ModelSpec,
     out_dir: str | Path,
     *,
     options: ScoreOptions = ScoreOptions(),
@@ -101,7 +99,7 @@ def score_slides(
 
     Args:
         slide_paths: the slide files.
-        model_folder: a model folder or the name of a bundled model.
+        model: a model folder, a bundled or published model's name, or a sequence of them (an ensemble).
         out_dir: the folder of the heatmaps, reports and batch table (created if missing).
         options: the scoring parameters.
         scheduler: the cluster to start when no ``client`` is given (see ``dask_client``).
@@ -115,15 +113,12 @@ def score_slides(
         One result per slide, in slide order: "ok", "skipped" (a complete heatmap kept) or "failed".
 
     Raises:
-        InputError: the model folder cannot be used (before any cluster starts).
+        InputError: a model cannot be used, or ensemble members differ (before any cluster starts).
     """
     options.validate()
-    model_folder = resolve_model_folder(model_folder)
-    read_card(model_folder)  # a bad model folder stops the batch before any cluster starts
-    # the engine race (first run of a model on a machine) is timed before worker processes start
-    options = replace(options, engine=choose_engine(model_folder, options.engine))
     if reports is not None:
         reports.validate()
+    members = model_members(model, options)  # before any cluster starts
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
     with contextlib.ExitStack() as stack:
         if client is None:
@@ -131,7 +126,7 @@ def score_slides(
         return _score(
             client,
             slide_paths,
-            model_folder,
+            members,
             out_dir,
             options=options,
             settle=settle,
@@ -142,7 +137,7 @@ def score_slides(
 def _score(
     client: Client,
     slide_paths: Sequence[str | Path],
-    model_folder: Path,
+    members: tuple[Member, ...],
     out_dir: str | Path,
     *,
     options: ScoreOptions,
@@ -153,15 +148,11 @@ def _score(
 ) -> list[SlideResult]:
     """Plan, schedule and settle the slides; the slides not settled when ``stop`` was set are "cancelled"."""
     slide_paths = list(slide_paths)
-    card = read_card(model_folder)
-    model = model_source(model_folder, card, options)
     with ThreadPoolExecutor(1, thread_name_prefix="wsi-tissue") as tissue_pool:  # tissue found while hashing
-        plan = partial(
-            plan_slide, out_dir=out_dir, card=card, model=model, options=options, tissue_pool=tissue_pool
-        )
+        plan = partial(plan_slide, out_dir=out_dir, members=members, options=options, tissue_pool=tissue_pool)
         scheduler = Scheduler(
             client,
-            model=model,
+            models=tuple(member.source for member in members),
             options=options,
             plan=plan,
             settle=settle,

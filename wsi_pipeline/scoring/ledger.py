@@ -28,10 +28,10 @@ BATCH_COLUMNS = (
     "top_k_mean",
     "tumour_area_mm2",
     "largest_diameter_mm",
-    "category",  # research estimate, not a diagnosis
+    "category",  # research estimate, not a diagnosis; "not assessed (demonstration model)" (summary.py)
     "patches_scored",
     "seconds",
-    "model_name",
+    "model_name",  # an ensemble's members joined by " + ", as are their weights' sha256
     "weights_sha256",
     "heatmap",
     "finished",
@@ -60,8 +60,8 @@ def batch_row(result: SlideResult, metadata: HeatmapRecord | None) -> dict:
         },
         "patches_scored": metadata.patches_scored if complete else result.patches,
         "seconds": round(metadata.seconds if complete else result.seconds, 3),
-        "model_name": metadata.model.name if metadata else None,
-        "weights_sha256": metadata.model.weights_sha256 if metadata else None,
+        "model_name": metadata.model_name if metadata else None,
+        "weights_sha256": " + ".join(model.weights_sha256 for model in metadata.models) if metadata else None,
         "heatmap": result.heatmap,
         "finished": metadata.finished if complete else datetime.now(timezone.utc).isoformat(),
     }

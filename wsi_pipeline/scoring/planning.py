@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor, wait
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -25,8 +26,11 @@ from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_sha256, file_stamp
 from wsi_pipeline.core.locks import FileLock, describe_holder, lock_path
 from wsi_pipeline.core.version import __version__
-from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.bundled import resolve_model_folder
+from wsi_pipeline.model.card import ModelCard, ensemble_difference
+from wsi_pipeline.model.folder import read_card
 from wsi_pipeline.model.predict import choose_engine
+from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.scoring.options import ScoreOptions
 from wsi_pipeline.scoring.worker import ModelSource, SlideSource
 from wsi_pipeline.slide.reader import Slide
@@ -43,6 +47,8 @@ from wsi_pipeline.tiling.grid import Block, PatchGrid, plan_grid, split_blocks, 
 from wsi_pipeline.tiling.tissue import TissueMask, detect_tissue
 
 COMPLETE_NOTE = "complete heatmap exists (--overwrite)"
+ModelSpec = str | Path | Sequence[str | Path]
+"""A model (a folder, a bundled or published model's name), or an ensemble's members."""
 
 
 def heatmap_path(slide_path: str | Path, out_dir: str | Path) -> Path:
@@ -65,22 +71,74 @@ def model_source(folder: Path, card: ModelCard, options: ScoreOptions) -> ModelS
     return ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), options.device, engine)
 
 
+@dataclass(frozen=True)
+class Member:
+    """A model of a run (its one model, or a member of its ensemble): its card and how workers load it."""
+
+    card: ModelCard
+    source: ModelSource
+
+    def record(self) -> ModelRecord:
+        """What the heatmap records of it."""
+        card, source = self.card, self.source
+        return ModelRecord(
+            name=card.name,
+            folder=source.folder,
+            weights_sha256=source.weights_sha256,
+            architecture=card.architecture,
+            engine=source.engine,
+            demonstration=card.demonstration,
+            intended_use=card.intended_use or None,
+            source=ModelSourceInfo.from_card(card),
+        )
+
+
+def model_members(models: ModelSpec, options: ScoreOptions) -> tuple[Member, ...]:
+    """The run's model, or its ensemble's members in the order given, each resolved and its CPU engine chosen
+    (``model_source``; before any worker starts, so the engine race has the machine to itself).
+
+    Args:
+        models: a model, or the members of an ensemble (each patch's probabilities are their mean).
+        options: the run's options (device, engine).
+
+    Returns:
+        One member per model given.
+
+    Raises:
+        InputError: a model cannot be used, or members differ in patch size, µm/px or class names.
+    """
+    given = [models] if isinstance(models, (str, Path)) else list(models)
+    if not given:
+        raise ValueError("no model given")
+    folders = [resolve_model_folder(model) for model in given]
+    cards = [read_card(folder) for folder in folders]
+    for folder, card in zip(folders[1:], cards[1:], strict=True):
+        difference = ensemble_difference(cards[0], card)
+        if difference is not None:
+            raise InputError(
+                folder,
+                f"ensemble members differ in {difference}; members must share patch size, µm/px and class "
+                "names (in the same order)",
+            )
+    return tuple(
+        Member(card, model_source(folder, card, options)) for folder, card in zip(folders, cards, strict=True)
+    )
+
+
 def heatmap_metadata(
     slide: Slide,
     sha256: str,
-    card: ModelCard,
-    model: ModelSource,
+    members: Sequence[Member],
     grid: PatchGrid,
     options: ScoreOptions,
     started: str,
 ) -> HeatmapRecord:
-    """The metadata a heatmap starts with: what was scored, by which model, how (the resume identity).
+    """The metadata a heatmap starts with: what was scored, by which models, how (the resume identity).
 
     Args:
         slide: the open slide.
         sha256: the slide file's sha256.
-        card: the model's card.
-        model: the model as the workers load it (folder, weights' sha256, engine).
+        members: the run's model, or its ensemble's members.
         grid: the slide's patch grid.
         options: the run's options.
         started: when this run began on the slide (ISO 8601, UTC).
@@ -98,16 +156,11 @@ def heatmap_metadata(
             width0=slide.width0,
             height0=slide.height0,
             **file_stamp(slide.path),
+            synthetic=slide.synthetic,
         ),
-        model=ModelRecord(
-            name=card.name,
-            folder=model.folder,
-            weights_sha256=model.weights_sha256,
-            architecture=card.architecture,
-            engine=model.engine,
-        ),
+        models=tuple(member.record() for member in members),
         grid=grid,
-        class_names=tuple(card.class_names),
+        class_names=tuple(members[0].card.class_names),
         tissue=TissueParameters(
             threshold=options.tissue_threshold,
             mpp=options.tissue_mpp,
@@ -169,8 +222,7 @@ def plan_slide(
     path: str | Path,
     *,
     out_dir: str | Path,
-    card: ModelCard,
-    model: ModelSource,
+    members: Sequence[Member],
     options: ScoreOptions,
     tissue_pool: Executor,
 ) -> SlidePlan:
@@ -179,8 +231,7 @@ def plan_slide(
     Args:
         path: the slide file.
         out_dir: the folder of the heatmaps (created if missing).
-        card: the model's card (patch size, µm/px, class names).
-        model: the model as the workers load it.
+        members: the run's model, or its ensemble's members (``model_members``).
         options: the run's options.
         tissue_pool: runs tissue detection while the slide file is hashed.
 
@@ -202,8 +253,7 @@ def plan_slide(
             planned = _plan_heatmap(
                 replace(plan, lock=lock, notes=notes),
                 slide,
-                card=card,
-                model=model,
+                members=members,
                 options=options,
                 tissue_pool=tissue_pool,
             )
@@ -217,12 +267,13 @@ def _plan_heatmap(
     plan: SlidePlan,
     slide: Slide,
     *,
-    card: ModelCard,
-    model: ModelSource,
+    members: Sequence[Member],
     options: ScoreOptions,
     tissue_pool: Executor,
 ) -> SlidePlan:
-    """Start the slide's heatmap, resume a partial one made the same way, or keep a complete one."""
+    """Start the slide's heatmap, resume a partial one made the same way, or keep a complete one; a heatmap
+    resumed or kept records the slide and models as found now (the same by the resume identity)."""
+    card = members[0].card  # the members share patch size and µm/px
     grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
     started = datetime.now(timezone.utc).isoformat()
     existing = None if options.overwrite or not plan.heatmap.exists() else read_record(plan.heatmap)
@@ -233,7 +284,7 @@ def _plan_heatmap(
             sha256 = file_sha256(plan.path)
         finally:
             wait([found])  # the slide stays open until then
-    record = heatmap_metadata(slide, sha256, card, model, grid, options, started)
+    record = heatmap_metadata(slide, sha256, members, grid, options, started)
     if existing is not None:
         differences = parameter_differences(existing, record)
         if differences:
@@ -243,15 +294,16 @@ def _plan_heatmap(
                 "--overwrite scores it afresh",
             )
         if existing.complete:
-            if found is not None:  # hashed: same content under a new stamp, kept for the next re-run
-                HeatmapWriter.reopen(plan.heatmap).record(slide=record.slide)
+            # hashed (the same content under a new stamp, kept for the next re-run), moved, or older
+            if (existing.slide, existing.models) != (record.slide, record.models):
+                HeatmapWriter.reopen(plan.heatmap).record(slide=record.slide, models=record.models)
             return replace(plan, notes=(COMPLETE_NOTE, *plan.notes))
     cells, tissue = tissue_cells(slide, grid, options) if found is None else found.result()
     if existing is None:
         tissue_record = replace(record.tissue, saturation_threshold=float(tissue.threshold))
         writer = _new_heatmap(plan.heatmap, replace(record, tissue=tissue_record), cells)
     else:
-        writer = _resume_heatmap(plan.heatmap, cells, started)
+        writer = _resume_heatmap(plan.heatmap, cells, record)
     blocks = [b for b in split_blocks(grid.shape, options.block_cells) if cells[b.cells].any()]
     todo = sorted(
         ((int(cells[b.cells].sum()), b) for b in blocks if not writer.is_written(b)),
@@ -280,12 +332,14 @@ def _new_heatmap(heatmap: Path, record: HeatmapRecord, cells: np.ndarray) -> Hea
     return writer
 
 
-def _resume_heatmap(heatmap: Path, cells: np.ndarray, started: str) -> HeatmapWriter:
-    """The partial heatmap reopened, refused when its tissue cells are not those found now."""
+def _resume_heatmap(heatmap: Path, cells: np.ndarray, record: HeatmapRecord) -> HeatmapWriter:
+    """The partial heatmap reopened (its slide and models as ``record`` has them now, this run's start added),
+    refused when its tissue cells are not those found now."""
     writer = HeatmapWriter.reopen(heatmap)
     if not np.array_equal(writer.tissue[...].astype(bool), cells):
         raise InputError(
             heatmap, "partial heatmap has other tissue cells than found now; --overwrite scores it afresh"
         )
-    writer.record(resumed=(*writer.metadata.resumed, started))
+    resumed = (*writer.metadata.resumed, record.started)
+    writer.record(resumed=resumed, slide=record.slide, models=record.models)
     return writer

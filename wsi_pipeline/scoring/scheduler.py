@@ -62,7 +62,7 @@ class Scheduler:
 
     Args:
         client: a ``distributed.Client``.
-        model: the model as the workers load it.
+        models: the model as the workers load it, or each member of an ensemble.
         options: the run's options (batch size and TTA of the block tasks).
         plan: plans a slide (in the planning thread); never raises.
         settle: settles a slide (in this thread), in slide order.
@@ -75,7 +75,7 @@ class Scheduler:
         self,
         client: Client,
         *,
-        model: ModelSource,
+        models: tuple[ModelSource, ...],
         options: ScoreOptions,
         plan: Callable[[Path], SlidePlan],
         settle: Settle,
@@ -83,7 +83,7 @@ class Scheduler:
         on_event: Callable[[ScoringEvent], object] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        self.client, self.model, self.options = client, model, options
+        self.client, self.models, self.options = client, models, options
         self.plan, self.settle, self.show_progress = plan, settle, show_progress
         self.on_event, self.stop = on_event or (lambda event: None), stop or threading.Event()
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
@@ -149,7 +149,7 @@ class Scheduler:
         future = self.client.submit(
             score_block,
             plan.source,
-            self.model,
+            self.models,
             plan.writer.grid,
             block,
             plan.cells[block.cells],
@@ -169,9 +169,9 @@ class Scheduler:
         try:
             if future.status != "finished":
                 future.result()  # raises the task's error
-            _, probabilities, device, engine = outcome
+            _, probabilities, device, engines = outcome
             writer.write_block(block, probabilities)
-            writer.note_runner(device, engine)
+            writer.note_runner(device, engines)
         except Exception as error:
             self._fail_slide(run, error)
             return

@@ -1,4 +1,4 @@
-"""Scoring one block on a worker: open the slide and the model once per process, read, cut, score.
+"""Scoring one block on a worker: open the slide and the models once per process, read, cut, score.
 
 A task receives only coordinates and paths (never pixels); the returned scores are a few kB per block.
 
@@ -150,18 +150,18 @@ def worker_model(source: ModelSource) -> Model:
 
 def score_block(
     slide: SlideSource,
-    model: ModelSource,
+    models: tuple[ModelSource, ...],
     grid: PatchGrid,
     block: Block,
     cells: np.ndarray,
     batch_size: int,
     tta: bool = False,
-) -> tuple[Block, np.ndarray, str, str]:
-    """Score a block's tissue cells (the Dask task).
+) -> tuple[Block, np.ndarray, str, tuple[str, ...]]:
+    """Score a block's tissue cells (the Dask task): the patches are read once and scored by each model.
 
     Args:
         slide: how to open the slide.
-        model: how to load the model.
+        models: how to load the model, or each member of an ensemble.
         grid: the slide's patch grid.
         block: the block of grid cells.
         cells: (n_rows, n_cols) bool: the block's cells to score.
@@ -169,13 +169,13 @@ def score_block(
         tta: average each patch's 8 flips and rotations.
 
     Returns:
-        The block; its probabilities (classes, n_rows, n_cols), NaN where not scored; and the device and
-        engine that scored them.
+        The block; its probabilities (classes, n_rows, n_cols), the mean over the models, NaN where not
+        scored; and the device and the engine of each model that scored them.
     """
-    loaded = worker_model(model)
+    loaded = [worker_model(model) for model in models]
     with worker_slide(slide) as opened:
         patches = read_block_patches(opened, grid, block, cells)
-    scores = loaded.predict(patches, batch_size, tta)
-    out = np.full((len(loaded.card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
+    scores = np.mean([model.predict(patches, batch_size, tta) for model in loaded], axis=0, dtype=np.float32)
+    out = np.full((scores.shape[1], block.n_rows, block.n_cols), np.nan, np.float32)
     out[:, cells] = scores.T
-    return block, out, str(loaded.device), loaded.engine
+    return block, out, str(loaded[0].device), tuple(model.engine for model in loaded)

@@ -139,11 +139,12 @@ class HeatmapWriter:
         self.metadata = updated(self.metadata, self.path, **changes)
         self.root.attrs.update({META_KEY: to_dict(self.metadata)})
 
-    def note_runner(self, device: str, engine: str) -> None:
-        """Record the device and engine that scored blocks (all of them, kept across resumed runs)."""
-        devices, engines = self.metadata.devices, self.metadata.engines
-        if device not in devices or engine not in engines:
-            self.record(devices=tuple(sorted({*devices, device})), engines=tuple(sorted({*engines, engine})))
+    def note_runner(self, device: str, engines: tuple[str, ...]) -> None:
+        """Record the device and engines (one per model of an ensemble) that scored blocks (all of them, kept
+        across resumed runs)."""
+        devices, known = self.metadata.devices, self.metadata.engines
+        if device not in devices or not set(engines) <= set(known):
+            self.record(devices=tuple(sorted({*devices, device})), engines=tuple(sorted({*known, *engines})))
 
     def _ome_attrs(self, n_levels: int) -> dict:
         class_names = self.metadata.class_names

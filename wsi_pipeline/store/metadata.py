@@ -3,7 +3,9 @@ schema, checked when written and read, earlier versions migrated to it, and whic
 heatmap may be resumed or kept.
 
 Versions: 1 — heatmaps written before the schema was versioned (no ``schema`` or ``version`` key, tissue
-parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the oldest); 2 — this one."""
+parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the oldest); 2 — the tissue
+parameters grouped; 3 — this one: ``models`` (the model, or an ensemble's members) in place of ``model``, each
+with its card's intended use, demonstration mark and source, and whether the slide is synthetic."""
 
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_stamp
+from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.tiling.grid import PatchGrid
 
 SCHEMA = "wsi_pipeline.heatmap"
-VERSION = 2
+VERSION = 3
 MPP_RANGE = (1e-4, 1e4)  # µm/px any slide, model or tissue image may have
 MAX_SIDE_PX = 1 << 24  # a slide side, level-0 pixels (the largest scans are about 2e5)
 MAX_GRID_CELLS = 1 << 26  # cells of a heatmap (a 2e5-pixel square slide at 0.25 µm/px, stride 32: 2.6e6)
@@ -41,17 +44,21 @@ class SlideRecord:
     height0: int
     size: int | None = None  # bytes and modification time (ns) of the file the sha256 was taken from
     mtime_ns: int | None = None
+    synthetic: bool | None = None  # carries the mark of wsi-synth's slides (None: not recorded, before v3)
 
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """The model that scored the heatmap."""
+    """A model that scored the heatmap (the one model, or a member of an ensemble)."""
 
     name: str
     folder: str  # absolute, when scored
     weights_sha256: str
     architecture: str
     engine: str  # CPU engine given to the workers: torch or onnxruntime (CUDA workers run torch)
+    demonstration: bool = False  # its card marks it as for demonstration and pipeline checks only
+    intended_use: str | None = None  # its card's statement of what it is for (None: none stated)
+    source: ModelSourceInfo | None = None  # a downloaded model: spec, repo, commit, files, weights sha256
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class HeatmapRecord:
     version: ClassVar[int] = VERSION
 
     slide: SlideRecord
-    model: ModelRecord
+    models: tuple[ModelRecord, ...]  # the model, or an ensemble's members: each cell holds their mean
     grid: PatchGrid
     class_names: tuple[str, ...]  # the model's classes, one channel of the heatmap each
     tissue: TissueParameters
@@ -89,6 +96,16 @@ class HeatmapRecord:
     patches_scored: int | None = None  # set when complete: tissue cells of the heatmap
     seconds: float | None = None  # set when complete: time taken by the run that completed it
     finished: str | None = None  # set when complete: ISO 8601 time
+
+    @property
+    def model_name(self) -> str:
+        """The model's name; an ensemble's is its members' names joined by " + "."""
+        return " + ".join(model.name for model in self.models)
+
+    @property
+    def demonstration(self) -> bool:
+        """Whether a demonstration model scored the heatmap (alone or as a member of an ensemble)."""
+        return any(model.demonstration for model in self.models)
 
 
 def _is_time(value: str) -> bool:
@@ -110,7 +127,8 @@ _POSITIVE = (lambda value: value >= 1, "at least 1")
 _NOT_NEGATIVE = (lambda value: value >= 0, "not negative")
 _MPP = _between(*MPP_RANGE)
 _SIDE = _between(1, MAX_SIDE_PX)
-# What a field's value must be beyond its type (dotted paths into the record; None always passes).
+# What a field's value must be beyond its type (dotted paths into the record, "[]" for any item of a list;
+# None always passes).
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "slide.sha256": _SHA256,
     "slide.mpp": _MPP,
@@ -118,7 +136,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "slide.height0": _SIDE,
     "slide.size": _NOT_NEGATIVE,
     "slide.mtime_ns": _NOT_NEGATIVE,
-    "model.weights_sha256": _SHA256,
+    "models": (lambda models: len(models) > 0, "at least one model"),
+    "models[].weights_sha256": _SHA256,
+    "models[].source.sha256": _SHA256,
     "grid.width0": _SIDE,
     "grid.height0": _SIDE,
     "grid.mpp0": _MPP,
@@ -173,7 +193,7 @@ def _decode(kind: Any, value: object, where: str, store: str | Path) -> Any:
         result = value
     else:
         raise _invalid(store, where, _TYPE_NAMES[kind], value)
-    check, expected = _CHECKS.get(where, (None, ""))
+    check, expected = _CHECKS.get(re.sub(r"\[\d+\]", "[]", where), (None, ""))
     if check is not None and not check(result):
         raise _invalid(store, where, expected, value)
     return result
@@ -241,7 +261,22 @@ def _from_version_1(metadata: dict) -> dict:
     return {"schema": SCHEMA, "version": 2, **upgraded}
 
 
-_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1}  # version → its next version
+DEMONSTRATION_MODELS = ("synthetic-pcam-cnn", "centre-colour-probe")  # the bundled ones, before version 3
+
+
+def _from_version_2(metadata: dict) -> dict:
+    """Version 2 → 3: the one ``model`` as the list ``models``, marked as a demonstration model when it is one
+    of the bundled demonstration models by name; whether the slide is synthetic is left unknown."""
+    upgraded = {key: value for key, value in metadata.items() if key not in ("schema", "version", "model")}
+    model = metadata.get("model")
+    if isinstance(model, dict):
+        model = {**model, "demonstration": model.get("name") in DEMONSTRATION_MODELS}
+    if "model" in metadata:
+        upgraded["models"] = [model]
+    return {"schema": SCHEMA, "version": 3, **upgraded}
+
+
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1, 2: _from_version_2}  # → next version
 
 
 def migrate(metadata: object, store: str | Path = "<metadata>") -> dict:
@@ -277,8 +312,8 @@ def updated(record: HeatmapRecord, store: str | Path, **changes: object) -> Heat
 IDENTITY = {
     ("slide", "sha256"): "slide content (sha256)",
     ("slide", "backend"): "slide reader",
-    ("model", "weights_sha256"): "model weights (sha256)",
-    ("model", "engine"): "CPU engine",
+    ("models", "weights_sha256"): "model weights (sha256)",  # of each model of an ensemble, in order
+    ("models", "engine"): "CPU engine",
     **{("grid", f.name): f"grid {f.name}" for f in fields(PatchGrid)},
     ("tissue", "threshold"): "tissue threshold",
     ("tissue", "mpp"): "tissue µm/px",
@@ -291,16 +326,21 @@ IDENTITY = {
 
 def parameter_differences(old: HeatmapRecord, new: HeatmapRecord) -> list[str]:
     """What a heatmap's values depend on that differs between two runs' metadata, with both values (a record
-    migrated from an earlier version holds what those heatmaps did without recording it)."""
+    migrated from an earlier version holds what those heatmaps did without recording it); an ensemble's
+    members' values are joined by " + "."""
 
-    def look_up(metadata: dict, keys: tuple[str, ...]) -> object:
-        for key in keys:
+    def look_up(metadata: object, keys: tuple[str, ...]) -> object:
+        for index, key in enumerate(keys):
+            if isinstance(metadata, list):
+                return [look_up(item, keys[index:]) for item in metadata]
             if not isinstance(metadata, dict) or key not in metadata:
                 return None
             metadata = metadata[key]
         return metadata
 
     def shown(value: object) -> str:
+        if isinstance(value, list):
+            return " + ".join(map(shown, value))
         return f"{value[:12]}…" if isinstance(value, str) and len(value) == 64 else repr(value)
 
     old, new = to_dict(old), to_dict(new)
