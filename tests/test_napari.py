@@ -22,11 +22,12 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install 
 if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     pytest.skip("no display: run under xvfb-run (see .ci/run)", allow_module_level=True)
 from wsi_pipeline import read_heatmap, score_slides
+from wsi_pipeline.findings.summary import DEMONSTRATION_TITLE, NOT_ASSESSED, REAL_MODEL
 from wsi_pipeline.napari.layers import TILE
 from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
 from wsi_pipeline.store.heatmap import read_record
 
-from .conftest import make_slide
+from .conftest import CMU_SLIDE, make_slide
 
 # napari fixes its settings file when napari.settings is first imported (by napari's own autouse fixtures, in
 # the first test of the session), so it is set here, at collection; the folder goes when the session ends.
@@ -128,7 +129,7 @@ def test_heatmap_layers_lie_over_their_patches(make_napari_viewer, heatmap_path,
     np.testing.assert_allclose(again.data_to_world((10, 20)), slide.data_to_world((10, 20)))
 
 
-def run_score(widget, qtbot, model: Path, out: Path, block_cells: int) -> None:
+def run_score(widget, qtbot, model: Path | str, out: Path, block_cells: int) -> None:
     widget.model_box.setCurrentText(str(model))
     widget.out_edit.setText(str(out))
     widget.block_box.setValue(block_cells)
@@ -157,6 +158,7 @@ def test_widget_scores_the_open_slide_and_canvas_shows_it(
     heatmap = read_heatmap(store)
     np.testing.assert_allclose(probability.data, heatmap.probabilities[1], equal_nan=True)
     assert widget.regions_label.text().startswith("1 region(s) ≥ 0.50")
+    assert widget.notice_label.text() == ""  # not a demonstration model
 
     widget.threshold_slider.setValue(0.999)
     assert widget.regions_label.text().startswith("0 region(s)")
@@ -238,3 +240,23 @@ def test_cancel_leaves_a_heatmap_that_wsi_score_resumes_to_the_uninterrupted_res
     assert widget.status.text().startswith("Already scored"), widget.status.text()
     np.testing.assert_array_equal(widget.heatmap_layer().data, fresh.probabilities[1])
     assert len([layer for layer in viewer.layers if layer.name.startswith("node regions")]) == 1
+
+
+def test_widget_says_when_a_demonstration_model_scored_real_tissue(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open(str(CMU_SLIDE), plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Score slide")
+    assert widget.notice_label.text() == ""
+    run_score(widget, qtbot, "centre-colour-probe", tmp_path, block_cells=16)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.status.text().startswith("Done"), widget.status.text()
+    notice = widget.notice_label.text()
+    assert notice.startswith(DEMONSTRATION_TITLE) and "centre-colour-probe" in notice and REAL_MODEL in notice
+    assert widget.regions_label.text().endswith(f"mm, {NOT_ASSESSED}"), widget.regions_label.text()
+    # the heatmap opened later says it too
+    other = make_napari_viewer()
+    _, again = other.window.add_plugin_dock_widget(PLUGIN, "Score slide")
+    other.open(str(tmp_path / f"{CMU_SLIDE.stem}.zarr"), plugin=PLUGIN)
+    assert again.notice_label.text() == notice
+    other.layers.clear()
+    assert again.notice_label.text() == ""

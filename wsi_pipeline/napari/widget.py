@@ -28,8 +28,9 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from wsi_pipeline.findings.regions import find_regions, size_category
+from wsi_pipeline.findings.regions import find_regions
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS
+from wsi_pipeline.findings.summary import category_words, demonstration_notice, reported_category
 from wsi_pipeline.model.bundled import DEFAULT_MODEL, bundled_models_dir
 from wsi_pipeline.napari.layers import (
     HEATMAP_KEY,
@@ -61,7 +62,8 @@ def _with_browse(field: QWidget, on_browse: object) -> QWidget:
 
 class ScoreWidget(QWidget):
     """Model, device, stride and tissue threshold; Score/Cancel with progress; the tumour threshold of the
-    regions; the probabilities of the cell last clicked."""
+    regions; the probabilities of the cell last clicked; the demonstration-model notice of the heatmap shown,
+    when it has one (``findings.summary.demonstration_notice``)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
@@ -97,12 +99,14 @@ class ScoreWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.status = QLabel()
+        self.notice_label = QLabel()
+        self.notice_label.setStyleSheet("color: orange; font-weight: bold")
         self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0.0, 1.0)
         self.threshold_slider.setValue(DEFAULT_REPORTS.threshold)
         self.regions_label = QLabel()
         self.cell_label = QLabel("Click the heatmap to see a patch's probabilities.")
-        for label in (self.status, self.regions_label, self.cell_label):
+        for label in (self.status, self.notice_label, self.regions_label, self.cell_label):
             label.setWordWrap(True)
 
         form = QFormLayout()
@@ -123,6 +127,7 @@ class ScoreWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.notice_label)
         layout.addWidget(QLabel("Tumour threshold"))
         layout.addWidget(self.threshold_slider)
         layout.addWidget(self.regions_label)
@@ -132,11 +137,11 @@ class ScoreWidget(QWidget):
         self.score_button.clicked.connect(self.score)
         self.cancel_button.clicked.connect(self.cancel)
         self.threshold_slider.valueChanged.connect(self.update_regions)
-        self.viewer.layers.events.inserted.connect(self._refresh_slides)
-        self.viewer.layers.events.removed.connect(self._refresh_slides)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.mouse_drag_callbacks.append(self._on_click)
-        self.destroyed.connect(_disconnect(self.viewer, self._on_click, self._refresh_slides))
-        self._refresh_slides()
+        self.destroyed.connect(_disconnect(self.viewer, self._on_click, self._on_layers_changed))
+        self._on_layers_changed()
 
     def _browse_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder")
@@ -148,7 +153,11 @@ class ScoreWidget(QWidget):
         if folder:
             self.out_edit.setText(folder)
 
-    def _refresh_slides(self, *_: object) -> None:
+    def _on_layers_changed(self, *_: object) -> None:
+        self._refresh_slides()
+        self.update_notice()
+
+    def _refresh_slides(self) -> None:
         current = self.slide_box.currentData()
         self.slide_box.clear()
         for layer in self.viewer.layers:
@@ -253,6 +262,13 @@ class ScoreWidget(QWidget):
         images = [layer for layer in heatmaps if isinstance(layer, Image)]
         return images[-1] if images else None
 
+    def update_notice(self) -> None:
+        """Show the current heatmap's demonstration-model notice, if it has one."""
+        image = self.heatmap_layer()
+        notice = None if image is None else demonstration_notice(image.metadata[HEATMAP_KEY].metadata)
+        self.notice_label.setText(notice or "")
+        self.notice_label.setVisible(notice is not None)
+
     def update_regions(self, *_: object) -> None:
         """Regions of the current heatmap at the slider's threshold: outlines and the reported sizes."""
         image = self.heatmap_layer()
@@ -266,11 +282,12 @@ class ScoreWidget(QWidget):
             if isinstance(layer, Shapes) and layer.metadata.get(HEATMAP_KEY) is heatmap:
                 update_regions(layer, heatmap, regions)
         area = sum(region.area_mm2 for region in regions)
-        largest = regions[0].diameter_mm if regions else None
+        largest = "none"
+        if regions:
+            category = reported_category(heatmap.metadata, regions[0].diameter_mm)
+            largest = f"{regions[0].diameter_mm:.2f} mm, {category_words(category)}"
         self.regions_label.setText(
-            f"{len(regions)} region(s) ≥ {threshold:.2f}: {area:.3f} mm²; largest "
-            + ("none" if largest is None else f"{largest:.2f} mm, {size_category(largest)}")
-            + " (research estimate, not a diagnosis)"
+            f"{len(regions)} region(s) ≥ {threshold:.2f}: {area:.3f} mm²; largest {largest}"
         )
 
     def describe_point(self, position_world: tuple[float, ...]) -> str | None:
