@@ -1,5 +1,6 @@
 """The heatmap's metadata record: one versioned schema, checked on write and read; heatmaps of version 1
-(written by the code before the record, ``tests/fixtures/heatmap_v1``) read, kept, resumed and migrated."""
+(written by the code before the record, ``tests/fixtures/heatmap_v1``) and version 2 (one model, before
+ensembles and the models' sources, ``tests/fixtures/heatmap_v2``) read, kept, resumed and migrated."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 import zarr
 
 from wsi_pipeline import InputError, ScoreOptions, read_heatmap, score_slides
+from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.store.heatmap import META_KEY, HeatmapWriter
 from wsi_pipeline.store.metadata import (
     SCHEMA,
     VERSION,
     HeatmapRecord,
+    ModelRecord,
     from_dict,
     migrate,
     parameter_differences,
@@ -28,6 +31,7 @@ from wsi_pipeline.tiling.grid import PatchGrid
 from .conftest import count_patches, heatmap_record
 
 V1 = Path(__file__).parent / "fixtures" / "heatmap_v1"
+V2 = Path(__file__).parent / "fixtures" / "heatmap_v2"  # the same slide, scored the same way
 SLIDE = V1 / "node.svs"
 OPTIONS = ScoreOptions(block_cells=4, engine="torch", tissue_threshold=0.5)  # as the fixtures were scored
 PROBE = "centre-colour-probe"
@@ -46,9 +50,9 @@ def stored(store: Path) -> dict:
     return json.loads((store / "zarr.json").read_text())["attributes"][META_KEY]
 
 
-def copied(run: str, out: Path) -> Path:
+def copied(run: str, out: Path, fixtures: Path = V1) -> Path:
     store = out / "node.zarr"
-    shutil.copytree(V1 / run / "node.zarr", store)
+    shutil.copytree(fixtures / run / "node.zarr", store)
     return store
 
 
@@ -59,15 +63,24 @@ def score(out: Path, client) -> object:
     return result
 
 
-def test_version_1_heatmaps_are_read_as_records():
-    complete, partial = (read_heatmap(V1 / run / "node.zarr") for run in ("complete", "partial"))
+@pytest.mark.parametrize("fixtures", [V1, V2], ids=["v1", "v2"])
+def test_earlier_versions_are_read_as_records(fixtures):
+    complete, partial = (read_heatmap(fixtures / run / "node.zarr") for run in ("complete", "partial"))
     assert complete.complete and not partial.complete
     for heatmap in (complete, partial):
         record = heatmap.metadata
         assert isinstance(record, HeatmapRecord) and record.version == VERSION
         assert heatmap.grid == record.grid and heatmap.class_names == ["light", "dark"]
         assert heatmap.probabilities.shape == (2, *record.grid.shape) == (2, 10, 12)
-        assert (record.model.name, record.model.engine, record.tta) == (PROBE, "torch", False)
+        (model,) = record.models
+        assert (model.name, model.engine, record.tta) == (PROBE, "torch", False)
+        # the bundled probe is a demonstration model; what its card said and the slide's mark were not kept
+        assert (model.demonstration, model.intended_use, model.source, record.slide.synthetic) == (
+            True,
+            None,
+            None,
+            None,
+        )
         assert (record.tissue.threshold, record.tissue.mpp, record.block_cells) == (0.5, 8.0, 4)
         assert record.slide.sha256 == "065c96b340c5326be01af45510184d1dc7a1adffe4c8eabe40cffd4bcc18f2a5"
     assert complete.metadata.patches_scored == complete.tissue.sum() == 63
@@ -83,9 +96,11 @@ def test_version_1_migrates_exactly():
     expected = {
         key: value for key, value in old.items() if key not in (*tissue_keys, "tissue_saturation_threshold")
     }
+    del expected["model"]
     expected |= {
         "schema": SCHEMA,
-        "version": 2,
+        "version": 3,
+        "models": [{**old["model"], "demonstration": True}],
         "tissue": {
             "threshold": 0.5,
             "mpp": 8.0,
@@ -103,7 +118,7 @@ def test_version_1_migrates_exactly():
     oldest["model"] = {key: value for key, value in old["model"].items() if key != "engine"}
     oldest["slide"] = {key: value for key, value in old["slide"].items() if key not in ("size", "mtime_ns")}
     record = from_dict(migrate(oldest))
-    assert (record.model.engine, record.tta, record.engines) == ("torch", False, ())
+    assert (record.models[0].engine, record.tta, record.engines) == ("torch", False, ())
     assert (record.tissue.min_um2, record.tissue.max_hole_um2, record.slide.size) == (None, None, None)
     # what a heatmap's values depend on compares alike across versions
     assert parameter_differences(from_dict(migrate(old)), record) == [
@@ -120,12 +135,33 @@ def test_version_1_migrates_exactly():
     ]
 
 
+def test_version_2_migrates_exactly():
+    old = stored(V2 / "complete" / "node.zarr")
+    model = {**old["model"], "demonstration": True}  # the bundled probe, by name
+    expected = {key: value for key, value in old.items() if key != "model"}
+    expected |= {"version": 3, "models": [model]}
+    assert migrate(old) == expected and list(migrate(old))[:3] == ["schema", "version", "slide"]
+    assert to_dict(from_dict(migrate(old))) == expected  # written back, nothing lost
+    other = {**old, "model": {**old["model"], "name": "my-model"}}
+    assert from_dict(migrate(other)).models[0].demonstration is False
+    assert from_dict(migrate(old)).model_name == PROBE
+
+
 def test_a_record_round_trips_and_leaves_unknown_fields_out():
     record = heatmap_record(GRID)
     written = to_dict(record)
-    assert written["schema"] == SCHEMA and written["version"] == VERSION == 2
-    assert "finished" not in written and "size" not in written["slide"]
+    assert written["schema"] == SCHEMA and written["version"] == VERSION == 3
+    assert "finished" not in written and not {"size", "synthetic"} & set(written["slide"])
+    assert "source" not in written["models"][0] and written["models"][0]["demonstration"] is False
     assert from_dict(json.loads(json.dumps(written))) == record
+    # a downloaded model's source and intended use, an ensemble, a synthetic slide
+    spec, weights = "tiatoolbox:resnet18-pcam", "b" * 64
+    source = ModelSourceInfo(spec, "TIACentre/w", "a" * 40, ("resnet18-pcam.pth",), weights)
+    member = ModelRecord(spec, "/m", weights, "tiatoolbox_cnn", "torch", False, "PCam", source)
+    full = replace(record, models=(*record.models, member), slide=replace(record.slide, synthetic=True))
+    assert from_dict(json.loads(json.dumps(to_dict(full)))) == full
+    assert to_dict(full)["models"][1]["source"]["files"] == ["resnet18-pcam.pth"]
+    assert full.model_name == "hand-made + tiatoolbox:resnet18-pcam" and not full.demonstration
 
 
 def test_a_newer_version_is_refused_and_its_heatmap_left_alone(tmp_path, client):
@@ -150,7 +186,7 @@ def changed(path: str, value: object) -> dict:
     metadata, *parents, key = [valid(), *path.split(".")]
     inner = metadata
     for parent in parents:
-        inner = inner[parent]
+        inner = inner[int(parent)] if isinstance(inner, list) else inner[parent]
     if value is ...:
         del inner[key]
     else:
@@ -171,7 +207,13 @@ def changed(path: str, value: object) -> dict:
         ("seconds", 10**400, "seconds must be a finite number"),
         ("seconds", -1.0, "seconds must be not negative"),
         ("slide.sha256", "abc", "slide.sha256 must be 64 hexadecimal digits"),
-        ("model.weights_sha256", ..., "lacks model.weights_sha256"),
+        ("models.0.weights_sha256", ..., "lacks models[0].weights_sha256"),
+        ("models.0.weights_sha256", "abc", "models[0].weights_sha256 must be 64 hexadecimal digits"),
+        ("models", [], "models must be at least one model"),
+        ("models", {"name": "m"}, "models must be a list"),
+        ("models.0.demonstration", "no", "models[0].demonstration must be true or false"),
+        ("models.0.source", {"spec": "x"}, "lacks models[0].source.repo"),
+        ("slide.synthetic", 1, "slide.synthetic must be true or false, not 1"),
         ("tissue", ..., "lacks tissue"),
         ("tissue.threshold", 2, "tissue.threshold must be between 0 and 1"),
         ("class_names", [], "class_names must be at least one name"),
@@ -199,7 +241,7 @@ def test_metadata_of_the_wrong_shape_is_an_input_error():
     for metadata in ([], None, "wsi"):
         with pytest.raises(InputError, match=r"^h\.zarr: heatmap metadata must be an object"):
             migrate(metadata, "h.zarr")
-    with pytest.raises(InputError, match="version must be 2, not 1"):
+    with pytest.raises(InputError, match="version must be 3, not 1"):
         from_dict({**valid(), "version": 1})
 
 
@@ -231,21 +273,29 @@ def test_the_writer_checks_what_it_records(tmp_path):
     assert read_heatmap(writer.path).metadata.resumed == ("2026-11-29T00:00:00+00:00",)
 
 
-def test_a_complete_version_1_heatmap_is_kept(tmp_path, client):
-    store = copied("complete", tmp_path)
+@pytest.mark.parametrize("fixtures", [V1, V2], ids=["v1", "v2"])
+def test_a_complete_heatmap_of_an_earlier_version_is_kept(tmp_path, client, fixtures):
+    store = copied("complete", tmp_path, fixtures)
     before = read_heatmap(store)
     result = score(tmp_path, client)
     assert result.status == "skipped" and "complete heatmap exists" in result.message
     after = read_heatmap(store)
     np.testing.assert_array_equal(after.probabilities, before.probabilities)
-    # the slide was hashed (it is not where the heatmap says): its new place is recorded, as version 2
+    # the slide was hashed (it is not where the heatmap says): its new place is recorded, and the model as
+    # found now (same weights), as the current version
     assert stored(store)["version"] == VERSION and after.metadata.slide.path == str(SLIDE.resolve())
-    assert after.metadata == replace(before.metadata, slide=after.metadata.slide)
+    assert after.metadata.slide.synthetic is False  # written before synthetic slides were marked
+    assert after.metadata.models[0].intended_use.startswith("Geometry probe")
+    now = after.metadata
+    assert now == replace(before.metadata, slide=now.slide, models=now.models)
     assert parameter_differences(before.metadata, after.metadata) == []
 
 
-def test_a_partial_version_1_heatmap_is_resumed_to_the_uninterrupted_result(tmp_path, client, monkeypatch):
-    store = copied("partial", tmp_path / "resumed")
+@pytest.mark.parametrize("fixtures", [V1, V2], ids=["v1", "v2"])
+def test_a_partial_heatmap_of_an_earlier_version_is_resumed_to_the_uninterrupted_result(
+    tmp_path, client, monkeypatch, fixtures
+):
+    store = copied("partial", tmp_path / "resumed", fixtures)
     before = read_heatmap(store)
     kept = int(np.isfinite(before.probabilities[1]).sum())
     scored = count_patches(monkeypatch)
@@ -258,6 +308,8 @@ def test_a_partial_version_1_heatmap_is_resumed_to_the_uninterrupted_result(tmp_
     assert resumed.metadata.patches_scored == resumed.tissue.sum()
     fresh = read_heatmap(score(tmp_path / "fresh", client).heatmap)
     assert parameter_differences(resumed.metadata, fresh.metadata) == []
-    for reference in (fresh, read_heatmap(V1 / "complete" / "node.zarr")):  # this code's, and the old code's
+    assert (resumed.metadata.slide, resumed.metadata.models) == (fresh.metadata.slide, fresh.metadata.models)
+    old = read_heatmap(fixtures / "complete" / "node.zarr")
+    for reference in (fresh, old):  # this code's, and the old code's
         np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
         np.testing.assert_array_equal(resumed.tissue, reference.tissue)
