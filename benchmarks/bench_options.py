@@ -25,6 +25,12 @@ DENSE_STRIDE = 32  # target px: PCam's label covers the centre 32 × 32 of each 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", choices=["probe", "default"])
+    add_warm_run_options(p)
+    return p.parse_args(argv)
+
+
+def add_warm_run_options(p: argparse.ArgumentParser) -> None:
+    """The engine, the slide and the warm runs (also ``bench_ensemble.py``'s)."""
     p.add_argument("--engine", default="onnxruntime", choices=["torch", "onnxruntime"])
     p.add_argument("--size", default="40000x30000", help="slide size WxH in level-0 px")
     p.add_argument("--fraction", type=float, default=0.4, help="tissue fraction")
@@ -34,17 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slide-cache", type=Path, help="folder keeping the synthetic slides between runs")
     p.add_argument("--workdir", type=Path, help="parent of the temporary working folder")
-    return p.parse_args(argv)
+
+
+def warm_run_slide(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
+    """The slide ``add_warm_run_options`` describe (cached in ``--slide-cache``, else under ``workdir``), and
+    what it is and which engine scores it, in words."""
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    slide, _, fraction = bench_slide(
+        args.slide_cache or workdir, width, height, args.mpp, args.fraction, args.seed
+    )
+    return slide, f"{width} x {height} px at {args.mpp} µm/px, tissue {fraction:.1%}, engine {args.engine}"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
     workdir = Path(tempfile.mkdtemp(prefix="bench-options-", dir=args.workdir))
     try:
-        slide, _, fraction = bench_slide(
-            args.slide_cache or workdir, width, height, args.mpp, args.fraction, args.seed
-        )
+        slide, described = warm_run_slide(args, workdir)
         modes = {
             "default (stride 96)": WarmRun(slide, args.engine),
             f"dense (stride {DENSE_STRIDE})": WarmRun(slide, args.engine, stride=DENSE_STRIDE),
@@ -60,9 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             list(modes.values()),
             args.repeats,
         )
-        show(
-            "slide", f"{width} x {height} px at {args.mpp} µm/px, tissue {fraction:.1%}, engine {args.engine}"
-        )
+        show("slide", described)
         base = runs[0]
         for name, run in zip(modes, runs, strict=True):
             show(

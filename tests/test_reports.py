@@ -210,8 +210,10 @@ def test_write_reports_beside_the_heatmap(synthetic):
         "node.summary.json",
         "node.geojson",
         "node.overlay.png",
+        "node.review.png",
         "node.tiles.csv",
     }
+    assert all(path.is_file() for path in paths.values())
     assert json.loads(paths["summary"].read_text()) == summary
     assert summary["schema"] == "wsi_pipeline.summary" and summary["schema_version"] == 2
     assert (summary["threshold"], summary["top_k"]) == (0.5, 5)

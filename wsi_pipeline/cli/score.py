@@ -70,7 +70,19 @@ def parser() -> argparse.ArgumentParser:
         "--geojson-tiles", action="store_true", help="also put every scored tile in the GeoJSON (detections)"
     )
     p.add_argument(
-        "--no-reports", action="store_true", help="no summary, GeoJSON or overlay (the batch table is kept)"
+        "--review-tiles",
+        type=int,
+        default=16,
+        metavar="K",
+        help="top tiles on <stem>.review.png, with a row of borderline ones (default %(default)s; 0: none)",
+    )
+    p.add_argument(
+        "--explain", action="store_true", help="draw each review tile's Grad-CAM saliency beside it (CNNs)"
+    )
+    p.add_argument(
+        "--no-reports",
+        action="store_true",
+        help="no summary, GeoJSON, overlay or review sheet (the batch table is kept)",
     )
     add_quiet(p)
     return p
@@ -121,7 +133,9 @@ def score(args: argparse.Namespace) -> int:
 
     parsed = vars(args)  # each option named as a field of ScoreOptions sets that field
     options = ScoreOptions(**{f.name: parsed[f.name] for f in fields(ScoreOptions) if f.name in parsed})
-    reports = ReportOptions(args.threshold, args.top_k, args.tile_table, args.geojson_tiles)
+    reports = ReportOptions(
+        args.threshold, args.top_k, args.tile_table, args.geojson_tiles, args.review_tiles, args.explain
+    )
     options.validate()
     reports.validate()
     slides = find_slides(args.slides)

@@ -39,6 +39,7 @@ class Region:
     peak_probability: float
     mean_probability: float
     polygons: list[list[np.ndarray]]  # per polygon: closed rings [exterior (CCW in x/y), *holes (CW)]
+    cell_index: tuple[np.ndarray, np.ndarray]  # (rows, cols) of its cells in the grid
 
     @property
     def category(self) -> str:
@@ -99,6 +100,7 @@ def find_regions(heatmap: Heatmap, threshold: float = 0.5) -> list[Region]:
                 peak_probability=float(values.max()),
                 mean_probability=float(values.mean()),
                 polygons=[[lattice_to_level0(grid, ring) for ring in rings] for rings in lattice_polygons],
+                cell_index=(rows, cols),
             )
         )
     return sorted(regions, key=lambda region: (-region.diameter_mm, -region.cells))

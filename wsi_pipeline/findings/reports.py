@@ -3,6 +3,7 @@
 - ``<stem>.summary.json``: slide-level answers and the tumour regions (``summary``);
 - ``<stem>.geojson``: the regions (optionally every scored tile) for QuPath (``qupath.py``);
 - ``<stem>.overlay.png``: thumbnail, heatmap, colour bar and region outlines (``overlay.py``);
+- ``<stem>.review.png``: the top and borderline tiles, with their Grad-CAM saliency if asked (``review.py``);
 - ``<stem>.tiles.csv`` (optional): one row per grid cell (``tables``).
 
 Each file is replaced atomically, and the summary is written last: a summary naming the heatmap's run, the
@@ -19,6 +20,7 @@ from wsi_pipeline.core.files import write_atomically
 from wsi_pipeline.findings.geojson import qupath_geojson
 from wsi_pipeline.findings.overlay import write_overlay
 from wsi_pipeline.findings.regions import find_regions
+from wsi_pipeline.findings.review import REVIEW_TILES, write_review
 from wsi_pipeline.findings.summary import SCHEMA_VERSION, slide_summary
 from wsi_pipeline.findings.tables import write_tile_table
 from wsi_pipeline.store.heatmap import read_heatmap, read_record
@@ -27,6 +29,7 @@ SUFFIXES = {
     "summary": ".summary.json",
     "geojson": ".geojson",
     "overlay": ".overlay.png",
+    "review": ".review.png",
     "tiles": ".tiles.csv",
 }
 
@@ -39,12 +42,16 @@ class ReportOptions:
     top_k: int = 10  # the slide's top-k mean is over its k highest cells
     tile_table: bool = False  # also write <stem>.tiles.csv
     geojson_tiles: bool = False  # also put every scored tile in the GeoJSON, as a detection
+    review_tiles: int = REVIEW_TILES  # top tiles on the review sheet; 0: no review sheet
+    explain: bool = False  # draw each review tile's Grad-CAM saliency beside it
 
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError("threshold must be between 0 and 1")
         if self.top_k < 1:
             raise ValueError("top-k must be at least 1")
+        if self.review_tiles < 0:
+            raise ValueError("review tiles must be at least 0")
 
 
 DEFAULT_REPORTS = ReportOptions()
@@ -66,9 +73,13 @@ def write_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptio
     regions = find_regions(heatmap, options.threshold)
     summary = slide_summary(heatmap, regions, options.threshold, options.top_k, heatmap_path)
     summary["geojson_tiles"] = options.geojson_tiles
+    summary["review_tiles"], summary["explain"] = options.review_tiles, options.explain
     geojson = qupath_geojson(heatmap, regions, tiles=options.geojson_tiles)
     write_atomically(paths["geojson"], json.dumps(geojson, allow_nan=False))
     write_atomically(paths["overlay"], lambda path: write_overlay(path, heatmap, regions, summary))
+    if options.review_tiles:
+        review = (options.review_tiles, options.explain)
+        write_atomically(paths["review"], lambda path: write_review(path, heatmap, regions, summary, *review))
     if options.tile_table:
         write_tile_table(paths["tiles"], heatmap)
     text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -90,11 +101,9 @@ def current_summary(heatmap_path: str | Path, options: ReportOptions | None = No
     if options is None:
         return summary
     wanted = ["geojson", "overlay"] + (["tiles"] if options.tile_table else [])
-    same = (summary["threshold"], summary["top_k"], summary["geojson_tiles"]) == (
-        options.threshold,
-        options.top_k,
-        options.geojson_tiles,
-    )
+    wanted += ["review"] if options.review_tiles else []
+    asked = ("threshold", "top_k", "geojson_tiles", "review_tiles", "explain")
+    same = all(summary.get(name) == getattr(options, name) for name in asked)
     return summary if same and all(paths[kind].is_file() for kind in wanted) else None
 
 

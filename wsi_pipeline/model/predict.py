@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from wsi_pipeline.model.bundled import resolve_model_folder
 from wsi_pipeline.model.card import ENGINES, ModelCard
 from wsi_pipeline.model.device import inference_context
 from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.model.saliency import GradCam
 from wsi_pipeline.model.tta import dihedral
 from wsi_pipeline.model.weights import load_module
 
@@ -76,6 +78,22 @@ class Model:
             probs = sum(self._probabilities(dihedral(x, k)) for k in views) / len(views)
             out[start : start + len(batch)] = probs.cpu().numpy()
         return out
+
+    def explain(self, patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Grad-CAM saliency of the tumour class (``core.classes.tumour_class_index``) for uint8 patches
+        (N, H, W, 3): float32 maps (N, H, W) in [0, 1] at patch resolution, each scaled to its maximum
+        (``model.saliency``). Runs the torch module whatever the engine. Raises ``SaliencyUnavailableError``
+        for a model without a convolutional stage (the ``centre_colour`` probe, TorchScript, transformers)."""
+        grad_cam = self._grad_cam
+        maps = np.empty(patches.shape[:3], np.float32)
+        for start in range(0, len(patches), batch_size):
+            batch = patches[start : start + batch_size]
+            maps[start : start + len(batch)] = grad_cam(self._inputs(batch), batch.shape[1:3])
+        return maps
+
+    @functools.cached_property
+    def _grad_cam(self) -> GradCam:
+        return GradCam(self.module, self.card, self.input_side)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         logits = self._logits(x)

@@ -27,3 +27,14 @@ def read_block_patches(slide: Slide, grid: PatchGrid, block: Block, cells: np.nd
     region = slide.read_at_mpp(x0_target, y0_target, width_target, height_target, grid.target_mpp)
     patches = cut_patches(region, grid.patch_size, grid.stride)
     return patches[: part.n_rows, : part.n_cols][cells[row0:row1, col0:col1]]
+
+
+def read_cell_patches(slide: Slide, grid: PatchGrid, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """uint8 patches (N, patch, patch, 3) of the given grid cells, each read as a block of its own (for
+    reviewing a few cells). Scoring reads many cells as one region, whose bilinear resampling may differ by
+    one grey level from these."""
+    one, none = np.ones((1, 1), bool), np.empty((0, grid.patch_size, grid.patch_size, 3), np.uint8)
+    cells = zip(rows, cols, strict=True)
+    return np.concatenate(
+        [none, *(read_block_patches(slide, grid, Block(int(r), int(c), 1, 1), one) for r, c in cells)]
+    )
