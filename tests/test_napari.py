@@ -71,7 +71,10 @@ def test_manifest_is_discovered_and_covers_slide_suffixes():
     [reader] = manifest.contributions.readers
     assert set(reader.filename_patterns) == {f"*{suffix}" for suffix in SLIDE_SUFFIXES} | {"*.zarr"}
     assert reader.accepts_directories
-    assert [widget.display_name for widget in manifest.contributions.widgets] == ["Score slide"]
+    assert [widget.display_name for widget in manifest.contributions.widgets] == [
+        "Score slide",
+        "Patch and saliency",
+    ]
 
 
 def test_reader_declines_what_is_not_ours(tmp_path):
@@ -260,3 +263,75 @@ def test_widget_says_when_a_demonstration_model_scored_real_tissue(make_napari_v
     assert again.notice_label.text() == notice
     other.layers.clear()
     assert again.notice_label.text() == ""
+
+
+@pytest.fixture(scope="module")
+def cnn_heatmap_path(slide_path, client, tmp_path_factory) -> Path:
+    """The test slide scored by the bundled CNN (which Grad-CAM explains)."""
+    out = tmp_path_factory.mktemp("cnn-results")
+    [result] = score_slides([slide_path], "synthetic-pcam-cnn", out, client=client, show_progress=False)
+    return result.heatmap
+
+
+def qt_rgb(image) -> np.ndarray:
+    """An RGB uint8 array of a QImage (or QPixmap)."""
+    from qtpy.QtGui import QImage
+
+    image = (image if isinstance(image, QImage) else image.toImage()).convertToFormat(
+        QImage.Format.Format_RGB888
+    )
+    bits = image.constBits()
+    bits.setsize(image.sizeInBytes())
+    rows = np.frombuffer(bits, np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, : 3 * image.width()].reshape(image.height(), image.width(), 3).copy()
+
+
+def test_clicking_a_cell_shows_its_patch_and_saliency_in_the_panel(
+    make_napari_viewer, qtbot, cnn_heatmap_path, slide_path
+):
+    import torch
+
+    from wsi_pipeline.findings.review import saliency_overlay
+    from wsi_pipeline.model.predict import Model
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(cnn_heatmap_path), plugin=PLUGIN)
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Patch and saliency")
+    probability = next(layer for layer in viewer.layers if layer.name.endswith("tumour probability"))
+    row, col = 4, 5  # a dark cell
+    [on_click] = [f for f in viewer.mouse_drag_callbacks if getattr(f, "__self__", None) is panel]
+    on_click(
+        viewer, SimpleNamespace(type="mouse_press", position=(0, *probability.data_to_world((row, col))))
+    )
+    with Slide(slide_path) as slide:  # the patch read directly, at the model's µm/px
+        patch = slide.read_at_mpp(col * 96, row * 96, 96, 96, 0.972)
+    np.testing.assert_array_equal(panel.patch, patch)
+    expected = Model("synthetic-pcam-cnn", torch.device("cpu")).explain(patch[None])[0]
+    np.testing.assert_allclose(panel.saliency, expected, atol=1e-5)
+    assert panel.caption.text().startswith(f"Cell ({row}, {col}) · p 0.")
+    assert "saliency: Grad-CAM of tumour" in panel.caption.text()
+    # what the panel draws: each patch pixel 2 × 2, and the saliency over it
+    np.testing.assert_array_equal(qt_rgb(panel.patch_view.pixmap())[::2, ::2], patch)
+    overlay = saliency_overlay(patch, panel.saliency)
+    np.testing.assert_array_equal(qt_rgb(panel.saliency_view.pixmap())[::2, ::2], overlay)
+    qtbot.wait(50)
+    screenshot = qt_rgb(panel.grab())  # the panel on screen
+    corner = panel.patch_view.mapTo(panel, panel.patch_view.contentsRect().topLeft())
+    top = corner.y() + (panel.patch_view.height() - 192) // 2  # a label centres its pixmap vertically
+    np.testing.assert_array_equal(screenshot[top : top + 192 : 2, corner.x() : corner.x() + 192 : 2], patch)
+
+    panel.show_cell(0, 0)  # background: no patch
+    assert panel.patch is None and "background, not scored" in panel.caption.text()
+
+
+def test_the_panel_says_when_the_model_has_no_saliency(make_napari_viewer, heatmap_path, slide_path):
+    viewer = make_napari_viewer()
+    viewer.open(str(heatmap_path), plugin=PLUGIN)  # scored by the centre-colour probe
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Patch and saliency")
+    panel.show_cell(4, 5)
+    with Slide(slide_path) as slide:
+        np.testing.assert_array_equal(panel.patch, slide.read_at_mpp(5 * 96, 4 * 96, 96, 96, 0.972))
+    assert panel.saliency is None and panel.saliency_view.pixmap().isNull()
+    assert panel.caption.text().endswith(
+        "saliency not available: the model has no convolutional stage for Grad-CAM"
+    )

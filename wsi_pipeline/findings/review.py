@@ -114,11 +114,14 @@ def saliency_overlay(tile: np.ndarray, saliency: np.ndarray) -> np.ndarray:
     return np.round(tile * (1 - weight) + colours * weight).astype(np.uint8)
 
 
-def tile_caption(probability: float, region: int, box_level0: np.ndarray) -> str:
-    """What a tile is: its tumour probability, region number (0: none) and patch box in level-0 px."""
+def tile_caption(probability: float, region: int | None, box_level0: np.ndarray) -> str:
+    """What a tile is: its tumour probability (NaN: not scored yet), region number (0: none; None: not
+    said) and patch box in level-0 px."""
     x0, y0, x1, y1 = box_level0
-    where = f"region {region}" if region else "no region"
-    return f"p {probability:.4f} · {where}\nx {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}"
+    words = "not scored yet" if np.isnan(probability) else f"p {probability:.4f}"
+    if region is not None:
+        words += f" · region {region}" if region else " · no region"
+    return f"{words}\nx {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}"
 
 
 def write_review(

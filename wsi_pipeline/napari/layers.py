@@ -22,7 +22,8 @@ from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import Heatmap
 
 if TYPE_CHECKING:
-    from napari.layers import Shapes
+    from napari import Viewer
+    from napari.layers import Image, Shapes
 
 
 UNITS = ("micrometer", "micrometer")
@@ -161,3 +162,19 @@ def update_regions(layer: Shapes, heatmap: Heatmap, regions: list[Region]) -> No
 
 def heatmap_name(path: str | Path) -> str:
     return Path(path).name.removesuffix(".zarr")
+
+
+def current_heatmap_layer(viewer: Viewer) -> Image | None:
+    """The heatmap acted on: the selected heatmap probability layer, else the top one."""
+    from napari.layers import Image
+
+    images = [layer for layer in viewer.layers if HEATMAP_KEY in layer.metadata and isinstance(layer, Image)]
+    active = viewer.layers.selection.active
+    return active if active in images else (images[-1] if images else None)
+
+
+def cell_at(layer: Image, position_world: tuple[float, ...]) -> tuple[int, int] | None:
+    """(row, col) of the heatmap cell of a probability layer under a world position (µm); None outside."""
+    row, col = (int(np.floor(v + 0.5)) for v in layer.world_to_data(position_world)[-2:])
+    rows, cols = layer.metadata[HEATMAP_KEY].grid.shape
+    return (row, col) if 0 <= row < rows and 0 <= col < cols else None

@@ -36,6 +36,8 @@ from wsi_pipeline.napari.layers import (
     HEATMAP_KEY,
     SLIDE_KEY,
     THRESHOLD_KEY,
+    cell_at,
+    current_heatmap_layer,
     heatmap_layers,
     heatmap_name,
     update_regions,
@@ -255,12 +257,7 @@ class ScoreWidget(QWidget):
 
     def heatmap_layer(self) -> Image | None:
         """The heatmap acted on: the selected one, else the top one."""
-        heatmaps = [layer for layer in self.viewer.layers if HEATMAP_KEY in layer.metadata]
-        active = self.viewer.layers.selection.active
-        if active in heatmaps and isinstance(active, Image):
-            return active
-        images = [layer for layer in heatmaps if isinstance(layer, Image)]
-        return images[-1] if images else None
+        return current_heatmap_layer(self.viewer)
 
     def update_notice(self) -> None:
         """Show the current heatmap's demonstration-model notice, if it has one."""
@@ -296,10 +293,10 @@ class ScoreWidget(QWidget):
         if image is None:
             return None
         heatmap: Heatmap = image.metadata[HEATMAP_KEY]
-        row, col = (int(np.floor(v + 0.5)) for v in image.world_to_data(position_world)[-2:])
-        rows, cols = heatmap.grid.shape
-        if not (0 <= row < rows and 0 <= col < cols):
+        cell = cell_at(image, position_world)
+        if cell is None:
             return None
+        row, col = cell
         x0, y0, x1, y1 = heatmap.grid.cell_boxes_level0(np.array([row]), np.array([col]))[0]
         where = f"Cell ({row}, {col}); patch x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f} level-0 px"
         if not heatmap.tissue[row, col]:
