@@ -16,6 +16,7 @@ PCAM_MPP = 0.972  # PCam patches: level 2 of Camelyon16 slides scanned at ~0.243
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # torch.save'd state dicts, read weights-only
 WEIGHTS_FORMATS = ("state_dict", "torchscript")
 ENGINES = ("auto", "torch", "onnxruntime")  # CPU engines Model runs (predict.py); auto: the faster
+PRECISIONS = ("float32", "int8")  # int8: ONNX Runtime, calibrated and checked (quantize.py); CPU only
 
 
 @dataclass

@@ -17,10 +17,12 @@ import torch
 from wsi_pipeline.core.errors import InputError, summarise_error
 from wsi_pipeline.core.files import file_sha256, write_atomically
 from wsi_pipeline.model import onnx as onnx_engine
+from wsi_pipeline.model import quantize
 from wsi_pipeline.model.bundled import resolve_model_folder
-from wsi_pipeline.model.card import ENGINES, ModelCard
+from wsi_pipeline.model.card import ENGINES, PRECISIONS, ModelCard
 from wsi_pipeline.model.device import inference_context
 from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.model.quantize import Agreement
 from wsi_pipeline.model.saliency import GradCam
 from wsi_pipeline.model.tta import dihedral
 from wsi_pipeline.model.weights import load_module
@@ -28,6 +30,7 @@ from wsi_pipeline.model.weights import load_module
 ONNX_TOLERANCE = 1e-3  # largest |Δ probability| between ONNX Runtime and torch that the load check accepts
 CHECK_PATCHES = 8  # random patches of the load check
 TIMING_PATCHES, TIMING_ROUNDS = 64, 5  # the engine race of ``auto`` (best of the rounds, alternating)
+MIN_CALIBRATION_PATCHES = 12  # fewer calibrate int8 too poorly to trust
 
 
 class Model:
@@ -44,14 +47,33 @@ class Model:
     worker that choice: ``auto``'s race can differ between processes with different thread counts, and a
     heatmap must not depend on the scheduler.
 
+    ``precision="int8"`` (CPU) runs ONNX Runtime on the model quantized by ``quantize`` with ``calibration``:
+    uint8 patches (N, H, W, 3) of the tissue to be scored, of which a third is held out to check that int8
+    agrees with float32 (``quantize.MAX_DIFFERENCE``, ``MEAN_DIFFERENCE``); the int8 model and its agreement
+    are cached under the patches' sha256. When it does not agree, or anything fails, the model warns and runs
+    float32 with ``engine``. ``calibration`` may instead be that sha256 (workers get it from the client that
+    calibrated): the cached model is then used as it is, and its absence is an error. ``precision`` says
+    which runs, ``calibration_sha256`` what int8 was calibrated on.
+
     Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
     """
 
-    def __init__(self, folder: str | Path, device: torch.device, engine: str = "torch") -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        device: torch.device,
+        engine: str = "torch",
+        precision: str = "float32",
+        calibration: np.ndarray | str | None = None,
+    ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-        if engine == "onnxruntime" and device.type != "cpu":
-            raise ValueError(f"the onnxruntime engine runs on the CPU, not {device}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if device.type != "cpu" and (engine == "onnxruntime" or precision == "int8"):
+            raise ValueError(f"the onnxruntime engine and int8 run on the CPU, not {device}")
+        if precision == "int8" and calibration is None:
+            raise ValueError("int8 needs calibration patches (or the sha256 of cached ones)")
         self.folder = resolve_model_folder(folder)
         self.card = read_card(self.folder)
         self.weights_path = self.folder / self.card.weights
@@ -61,9 +83,12 @@ class Model:
         self.module = module.eval().to(device, memory_format=torch.channels_last)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
         self._scale, self._shift = normalisation(self.card, device)
-        self.engine = "torch"
+        self.engine, self.precision = "torch", "float32"
+        self.calibration_sha256: str | None = None
         self._logits: Callable[[torch.Tensor], torch.Tensor] = self._torch_logits
-        if device.type == "cpu" and engine != "torch":
+        if precision == "int8":
+            self._try_int8(calibration)
+        if device.type == "cpu" and engine != "torch" and self.precision == "float32":
             self._try_onnxruntime(measure=engine == "auto")
 
     def predict(self, patches: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
@@ -125,20 +150,67 @@ class Model:
         side = self.card.patch_size
         return self._inputs(np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8))
 
+    def _export_key(self) -> str:
+        """The cache key of this model's ONNX export."""
+        card = self.card
+        identity = {
+            "weights_sha256": self.weights_sha256,
+            "architecture": card.architecture,
+            "architecture_args": card.architecture_args,
+            "weights_format": card.weights_format,
+            "outputs": card.n_outputs,
+            "side": self.input_side,
+        }
+        return onnx_engine.export_key(identity)
+
+    def _try_int8(self, calibration: np.ndarray | str) -> None:
+        """Switch to the int8 model calibrated on ``calibration`` when it agrees with float32; warn and keep
+        float32 when it does not, or when calibrating fails. A cached model named by its patches' sha256 that
+        is missing or disagrees is an error."""
+        named = isinstance(calibration, str)
+        sha256 = calibration if named else quantize.calibration_sha256(calibration)
+        try:
+            export_key = self._export_key()
+            path = quantize.int8_path(export_key, sha256)
+            found = quantize.cached_int8(path)
+            if found is None and named:
+                raise FileNotFoundError(f"no int8 model calibrated on {sha256[:12]}… in {path.parent}")
+            model, agreement = found or self._calibrate(calibration, export_key, path)
+            if not agreement.acceptable:
+                raise ValueError(f"int8 differs from float32: {agreement}")
+            engine = onnx_engine.OnnxEngine(model, torch.get_num_threads())
+        except Exception as error:  # not installed, quantization failed, or wrong numbers
+            if named:
+                raise RuntimeError(f"{self.folder}: no int8 model ({summarise_error(error)})") from error
+            message = f"{self.folder}: int8 not used, scoring in float32 ({type(error).__name__}: "
+            warnings.warn(message + f"{summarise_error(error)})", UserWarning, stacklevel=3)
+            return
+        self.engine, self.precision, self._logits = "onnxruntime", "int8", engine
+        self.calibration_sha256 = sha256
+
+    def _calibrate(self, patches: np.ndarray, export_key: str, path: Path) -> tuple[bytes, Agreement]:
+        """The int8 model calibrated on the first patches and its agreement with float32 (torch) on the rest
+        (held out), cached at ``path``."""
+        if len(patches) < MIN_CALIBRATION_PATCHES:
+            raise ValueError(f"{len(patches)} calibration patches, fewer than {MIN_CALIBRATION_PATCHES}")
+        x = self._inputs(patches).contiguous()
+        fit = quantize.held_out_split(len(x))
+        side = self.input_side
+        float_model, _ = onnx_engine.cached_export(self.module, (3, side, side), export_key)
+        model = quantize.quantize(float_model, x[:fit].numpy())
+        int8 = onnx_engine.OnnxEngine(model, torch.get_num_threads())
+        held_out = (probabilities(run(x[fit:]), self.card.output) for run in (self._torch_logits, int8))
+        agreement = Agreement.of(*(probs.numpy() for probs in held_out))
+        with contextlib.suppress(OSError):
+            quantize.store_int8(path, model, agreement)
+        return model, agreement
+
     def _try_onnxruntime(self, measure: bool) -> None:
         """Switch to an ONNX Runtime session that agrees with torch (and, when ``measure``, is the faster);
         warn and keep torch when there is none."""
         card, side, path = self.card, self.input_side, None
         try:
-            identity = {
-                "weights_sha256": self.weights_sha256,
-                "architecture": card.architecture,
-                "architecture_args": card.architecture_args,
-                "weights_format": card.weights_format,
-                "outputs": card.n_outputs,
-                "side": side,
-            }
-            key = onnx_engine.export_key(identity)
+            key = self._export_key()
             # one intra-op thread per Dask worker, as torch there (its workers set OMP_NUM_THREADS=1)
             threads = torch.get_num_threads()
             choice = onnx_engine.choice_path(key, threads)
