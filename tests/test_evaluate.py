@@ -124,6 +124,35 @@ def test_tta_is_the_mean_over_the_eight_flips_and_rotations(tmp_path, capsys, mo
     assert code == 0 and "40 (8-fold TTA)" in out and f"{expected['auc']:.4f}" in out
 
 
+def test_the_most_confident_errors_are_listed_and_drawn(tmp_path, capsys, model_folder, pcam):
+    code, out, err = run(capsys, "--model", model_folder, pcam, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    results = json.loads((tmp_path / "r.json").read_text())
+    patches, labels = all_patches(pcam, "test")
+    tumour = Model(model_folder, torch.device("cpu")).predict(patches)[:, 1]
+    false_positives = [i for i in np.argsort(-tumour, kind="stable") if labels[i] == 0 and tumour[i] >= 0.5]
+    false_negatives = [i for i in np.argsort(tumour, kind="stable") if labels[i] == 1 and tumour[i] < 0.5]
+    assert len(false_positives) > 8 and len(false_negatives) > 0  # the untrained model errs both ways
+    errors = results["errors"]
+    assert [e["index"] for e in errors["false_positives"]] == false_positives[:8]
+    assert [e["index"] for e in errors["false_negatives"]] == false_negatives[:8]
+    assert errors["false_positives"][0]["probability"] == pytest.approx(tumour[false_positives[0]], abs=1e-6)
+    assert {e["label"] for e in errors["false_positives"]} == {"normal"}
+    png = tmp_path / "errors.png"  # beside the JSON
+    assert results["errors_png"] == str(png)
+    assert any(
+        line.startswith("most confident errors") and line.endswith(str(png)) for line in out.splitlines()
+    )
+    with Image.open(png) as image:
+        assert image.width > 8 * 100 and image.height > 300
+
+    code, _, _ = run(capsys, "--model", model_folder, pcam, "--errors-png", tmp_path / "e.png")
+    assert code == 0 and (tmp_path / "e.png").is_file()
+    with pytest.raises(SystemExit):
+        main(["--heatmaps", str(tmp_path), "--truth", str(tmp_path), "--errors-png", str(tmp_path / "x.png")])
+    assert "--errors-png is for patches" in capsys.readouterr().err
+
+
 def test_one_class_leaves_auc_and_sensitivity_undefined(tmp_path, capsys, model_folder, pcam):
     code, out, _ = run(
         capsys, "--model", model_folder, pcam, "--split", "valid", "--json", tmp_path / "r.json"

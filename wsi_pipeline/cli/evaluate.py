@@ -1,7 +1,7 @@
 """``wsi-eval``: measure a model on labelled patches, or heatmaps against annotated slides; print the results
 (and optionally save them).
 
-    wsi-eval DATA --model MODEL [--split test] [--tta] [--json R.json]
+    wsi-eval DATA --model MODEL [--split test] [--tta] [--json R.json] [--errors-png errors.png]
     wsi-eval --heatmaps OUT_DIR_OR_ZARRS --truth TRUTH_DIR_OR_FILES [--truth-format auto|asap|geojson|mask]
              [--mask-downsample N] [--missing-truth error|negative] [--threshold 0.5] [--json R.json]
              [--froc-png froc.png] [--froc-rules challenge|corrected] [--detections DIR]
@@ -35,6 +35,13 @@ def parser() -> argparse.ArgumentParser:
     add_model_options(p, batch_size=256)
     p.add_argument("--split", default="test", help="PCam split to evaluate (default: test)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument(
+        "--errors-png",
+        type=Path,
+        metavar="PATH",
+        help="patches: draw the most confident false positives and negatives here (default with --json: "
+        "errors.png beside it)",
+    )
     p.add_argument(
         "--record", metavar="NAME", help="also store the metrics in the model's card, under metrics.NAME"
     )
@@ -112,6 +119,8 @@ def format_patch_results(results: dict) -> str:
             (f"sensitivity ({at})", _number(metrics["sensitivity"])),
             ("specificity", _number(metrics["specificity"])),
         ]
+    if "errors_png" in results:
+        rows.append(("most confident errors", results["errors_png"]))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     names = metrics["class_names"]
@@ -194,6 +203,8 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             for value in (args.truth, args.froc_png, args.detections, args.export_detections)
         ):
             p.error("--truth, --froc-png, --detections and --export-detections go with --heatmaps")
+    elif args.errors_png is not None:
+        p.error("--errors-png is for patches, not --heatmaps")
     elif args.truth is None:
         p.error("--heatmaps needs --truth")
     elif args.data is not None or args.model is not None or args.record is not None:
@@ -221,6 +232,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         from wsi_pipeline.evaluation.patches import evaluate_patch_data  # loads torch
 
+        errors_png = args.errors_png or (args.json.with_name("errors.png") if args.json else None)
         results = evaluate_patch_data(
             args.model,
             args.data,
@@ -229,6 +241,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> int:
             tta=args.tta,
             device=args.device,
             show_progress=not args.quiet,
+            errors_png=errors_png,
         )
     if args.json is not None:
         write_json(args.json, results)

@@ -20,10 +20,12 @@ from wsi_pipeline.evaluation.metrics import (
     sensitivity,
     specificity,
 )
+from wsi_pipeline.evaluation.plots import plot_errors
 from wsi_pipeline.model.device import resolve_device
 from wsi_pipeline.model.predict import Model
 
 THRESHOLD = 0.5  # binary: predicted tumour when the tumour class's probability is at least this
+ERRORS_SHOWN = 8  # false positives and false negatives each, in the results and errors.png
 
 
 def index_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -80,10 +82,11 @@ def patch_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str])
     return metrics | {"class_names": list(class_names), "confusion_matrix": confusion.tolist()}
 
 
-def evaluate_patches(
+def score_patches(
     model: Model, dataset: PatchDataset, batch_size: int = 256, tta: bool = False, show_progress: bool = False
-) -> dict:
-    """Metrics of ``model`` on every patch of ``dataset`` (see :func:`patch_metrics`), read in batches."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels (N,) and ``model``'s class probabilities (N, classes) of every patch of ``dataset``, in its
+    order, read in batches."""
     if list(model.card.class_names) != list(dataset.class_names):
         raise ValueError(
             f"model classes {model.card.class_names} differ from data classes {dataset.class_names}"
@@ -97,8 +100,37 @@ def evaluate_patches(
             progress.update(len(patches))
     if progress is not None:
         progress.close()
-    metrics = patch_metrics(np.concatenate(labels), np.concatenate(probs), dataset.class_names)
-    return metrics | {"tta": tta}
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def evaluate_patches(
+    model: Model, dataset: PatchDataset, batch_size: int = 256, tta: bool = False, show_progress: bool = False
+) -> dict:
+    """Metrics of ``model`` on every patch of ``dataset`` (see :func:`patch_metrics`), read in batches."""
+    labels, probs = score_patches(model, dataset, batch_size, tta, show_progress)
+    return patch_metrics(labels, probs, dataset.class_names) | {"tta": tta}
+
+
+def confident_errors(labels: np.ndarray, probs: np.ndarray, class_names: list[str], n: int) -> dict:
+    """The ``n`` most confident false positives (not tumour, tumour probability ≥ ``THRESHOLD``, highest
+    first) and false negatives (tumour, below it, lowest first), as ``{"false_positives": [{"index": i,
+    "label": name, "probability": p}, ...], "false_negatives": [...]}``; probabilities of the tumour class."""
+    tumour = tumour_class_index(class_names)
+    scores = probs[:, tumour]
+    is_tumour, called = labels == tumour, scores >= THRESHOLD
+    false_positives = np.flatnonzero(~is_tumour & called)
+    false_negatives = np.flatnonzero(is_tumour & ~called)
+    chosen = {
+        "false_positives": false_positives[np.argsort(-scores[false_positives], kind="stable")[:n]],
+        "false_negatives": false_negatives[np.argsort(scores[false_negatives], kind="stable")[:n]],
+    }
+    return {
+        kind: [
+            {"index": int(i), "label": class_names[labels[i]], "probability": round(float(scores[i]), 6)}
+            for i in indices
+        ]
+        for kind, indices in chosen.items()
+    }
 
 
 def evaluate_patch_data(
@@ -110,13 +142,21 @@ def evaluate_patch_data(
     tta: bool = False,
     device: str = "auto",
     show_progress: bool = False,
+    errors_png: str | Path | None = None,
 ) -> dict:
     """A model (folder or bundled name) on labelled patches (PCam folder, Kaggle folder or class folders):
-    ``{"kind": "patches", "data": its description, "metrics": see evaluate_patches, "model": name,
-    architecture, folder and weights sha256}``."""
+    ``{"kind": "patches", "data": its description, "metrics": see evaluate_patches, "errors": the most
+    confident errors (``confident_errors``), "model": name, architecture, folder and weights sha256}``; with
+    ``errors_png``, those errors drawn there (``plots.plot_errors``) and its path as ``"errors_png"``."""
     loaded = Model(model, resolve_device(device))
     with open_patch_dataset(data, split=split) as dataset:
-        metrics = evaluate_patches(loaded, dataset, batch_size, tta, show_progress=show_progress)
+        labels, probs = score_patches(loaded, dataset, batch_size, tta, show_progress=show_progress)
+        metrics = patch_metrics(labels, probs, dataset.class_names) | {"tta": tta}
+        errors = confident_errors(labels, probs, dataset.class_names, ERRORS_SHOWN)
+        if errors_png is not None:
+            shown = np.array([error["index"] for kind in errors.values() for error in kind], np.int64)
+            tumour = dataset.class_names[tumour_class_index(dataset.class_names)]
+            plot_errors(errors, dataset.read_batch(shown)[0], tumour, errors_png)
         description = dataset.describe()
     model_info = {
         "name": loaded.card.name,
@@ -124,4 +164,11 @@ def evaluate_patch_data(
         "folder": str(loaded.folder),
         "weights_sha256": loaded.weights_sha256,
     }
-    return {"kind": "patches", "data": description, "metrics": metrics, "model": model_info}
+    results = {
+        "kind": "patches",
+        "data": description,
+        "metrics": metrics,
+        "errors": errors,
+        "model": model_info,
+    }
+    return results | ({"errors_png": str(errors_png)} if errors_png is not None else {})

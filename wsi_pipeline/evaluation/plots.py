@@ -77,3 +77,28 @@ def plot_froc(froc: dict, path: str | Path, title: str = "Lesion-level FROC") ->
     axes.legend(loc="lower right")
     figure.savefig(path, dpi=120)
     return Path(path)
+
+
+def plot_errors(errors: dict, patches: np.ndarray, tumour: str, path: str | Path) -> Path:
+    """The most confident false positives (top row) and false negatives (bottom row) of ``confident_errors``,
+    each patch (``patches``: theirs, in that order) titled with its tumour probability and index."""
+    per_row = max(1, *(len(items) for items in errors.values()))
+    figure = Figure(figsize=(1.25 * per_row + 0.3, 3.9))
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8, hspace=0.8, wspace=0.1)
+    rows = figure.subplots(2, per_row, squeeze=False)
+    headings = {
+        "false_positives": f"Most confident false positives: not {tumour}, called {tumour}",
+        "false_negatives": f"Most confident false negatives: {tumour}, missed",
+    }
+    shown = iter(patches)
+    for axes_row, (kind, items) in zip(rows, errors.items(), strict=True):
+        for axes in axes_row:
+            axes.set_axis_off()
+        axes_row[0].text(0, 1.45, headings[kind], transform=axes_row[0].transAxes, fontsize=9, va="bottom")
+        if not items:
+            axes_row[0].text(0, 0.5, "none", transform=axes_row[0].transAxes, fontsize=9)
+        for axes, item in zip(axes_row, items, strict=False):
+            axes.imshow(next(shown), interpolation="nearest")
+            axes.set_title(f"p {item['probability']:.3f}\n#{item['index']} ({item['label']})", fontsize=7)
+    figure.savefig(path, dpi=120)
+    return Path(path)
