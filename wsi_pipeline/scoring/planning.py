@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.core.files import file_sha256, file_stamp
+from wsi_pipeline.core.files import file_sha256
 from wsi_pipeline.core.locks import FileLock, describe_holder, lock_path
 from wsi_pipeline.core.version import __version__
 from wsi_pipeline.model.bundled import resolve_model_folder
@@ -33,6 +33,8 @@ from wsi_pipeline.model.predict import choose_engine
 from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.scoring.options import ScoreOptions
 from wsi_pipeline.scoring.worker import ModelSource, SlideSource
+from wsi_pipeline.slide.dicom import is_dicom, series_of
+from wsi_pipeline.slide.find import slide_name, slide_sha256, slide_stamp
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_record, remove_heatmap
 from wsi_pipeline.store.metadata import (
@@ -52,8 +54,9 @@ ModelSpec = str | Path | Sequence[str | Path]
 
 
 def heatmap_path(slide_path: str | Path, out_dir: str | Path) -> Path:
-    """Where a slide's heatmap goes: ``out_dir/<slide stem>.zarr``."""
-    return Path(out_dir) / f"{Path(slide_path).stem}.zarr"
+    """Where a slide's heatmap goes: ``out_dir/<slide name>.zarr`` (the file's stem, or a DICOM series' slide
+    id: ``slide_name``)."""
+    return Path(out_dir) / f"{slide_name(slide_path)}.zarr"
 
 
 def model_source(folder: Path, card: ModelCard, options: ScoreOptions) -> ModelSource:
@@ -137,7 +140,7 @@ def heatmap_metadata(
 
     Args:
         slide: the open slide.
-        sha256: the slide file's sha256.
+        sha256: the slide's sha256 (``slide_sha256``).
         members: the run's model, or its ensemble's members.
         grid: the slide's patch grid.
         options: the run's options.
@@ -146,6 +149,7 @@ def heatmap_metadata(
     Returns:
         The record ``HeatmapWriter`` stores and ``parameter_differences`` compares.
     """
+    series = series_of(slide.path) if is_dicom(slide.path) else None
     return HeatmapRecord(
         slide=SlideRecord(
             path=str(slide.path.resolve()),
@@ -155,8 +159,10 @@ def heatmap_metadata(
             mpp_source="file" if options.mpp is None else "--mpp",
             width0=slide.width0,
             height0=slide.height0,
-            **file_stamp(slide.path),
+            **slide_stamp(slide.path),
             synthetic=slide.synthetic,
+            study_uid=series.study_uid if series else None,
+            series_uid=series.series_uid if series else None,
         ),
         models=tuple(member.record() for member in members),
         grid=grid,
@@ -281,7 +287,7 @@ def _plan_heatmap(
     if sha256 is None:
         found = tissue_pool.submit(tissue_cells, slide, grid, options)  # while the file is hashed
         try:
-            sha256 = file_sha256(plan.path)
+            sha256 = slide_sha256(plan.path)
         finally:
             wait([found])  # the slide stays open until then
     record = heatmap_metadata(slide, sha256, members, grid, options, started)

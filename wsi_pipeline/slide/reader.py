@@ -17,9 +17,11 @@ import numpy as np
 from PIL import Image
 
 from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.slide.dicom import holds_dicom, series_of
 
 BACKENDS = ("auto", "openslide", "tiffslide")
-# Formats tiffslide reads well (and faster than openslide, see benchmarks); openslide takes the rest.
+# Formats tiffslide reads well (and faster than openslide, see benchmarks); openslide takes the rest, DICOM
+# WSI (.dcm) included: OpenSlide 4 reads a series through any of its files: no second DICOM library.
 TIFFSLIDE_SUFFIXES = {".svs", ".tif", ".tiff"}
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"}
 # The Aperio description field by which slides this package synthesises say so (openslide and tiffslide
@@ -48,9 +50,12 @@ class Slide:
     """An open whole-slide image with its µm/px and pyramid."""
 
     def __init__(self, path: str | Path, backend: str = "auto", mpp: float | None = None) -> None:
+        """Open ``path``: a slide file, or a DICOM WSI series (a folder holding one, or any of its files)."""
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(self.path, "no such file")
+        if self.path.is_dir() and holds_dicom(self.path):
+            self.path = series_of(self.path).path  # OpenSlide reads the series through any of its files
         if self.path.is_dir():
             raise InputError(self.path, "is a folder, not a slide file")
         self.backend = choose_backend(self.path, backend)

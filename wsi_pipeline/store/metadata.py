@@ -20,8 +20,8 @@ from types import UnionType
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.core.files import file_stamp
 from wsi_pipeline.model.sources import ModelSourceInfo
+from wsi_pipeline.slide.find import slide_stamp
 from wsi_pipeline.tiling.grid import PatchGrid
 
 SCHEMA = "wsi_pipeline.heatmap"
@@ -45,6 +45,9 @@ class SlideRecord:
     size: int | None = None  # bytes and modification time (ns) of the file the sha256 was taken from
     mtime_ns: int | None = None
     synthetic: bool | None = None  # carries the mark of wsi-synth's slides (None: not recorded, before v3)
+    # a DICOM WSI series (sha256 over its files' sha256s, sorted; size and mtime_ns over all its files)
+    study_uid: str | None = None
+    series_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
 
 
 _SHA256 = (lambda value: re.fullmatch(r"[0-9a-f]{64}", value) is not None, "64 hexadecimal digits")
+_UID = (lambda value: len(value) <= 64 and re.fullmatch(r"[0-9]+(\.[0-9]+)*", value) is not None, "a UID")
 _TIME = (_is_time, "an ISO 8601 time")
 _POSITIVE = (lambda value: value >= 1, "at least 1")
 _NOT_NEGATIVE = (lambda value: value >= 0, "not negative")
@@ -136,6 +140,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "slide.height0": _SIDE,
     "slide.size": _NOT_NEGATIVE,
     "slide.mtime_ns": _NOT_NEGATIVE,
+    "slide.study_uid": _UID,
+    "slide.series_uid": _UID,
     "models": (lambda models: len(models) > 0, "at least one model"),
     "models[].weights_sha256": _SHA256,
     "models[].source.sha256": _SHA256,
@@ -357,6 +363,6 @@ def recorded_sha256(existing: HeatmapRecord | None, path: Path) -> str | None:
     again; None otherwise (the file is hashed)."""
     if existing is None:
         return None
-    slide, stamp = existing.slide, file_stamp(path)
+    slide, stamp = existing.slide, slide_stamp(path)
     same_stamp = (slide.size, slide.mtime_ns) == (stamp["size"], stamp["mtime_ns"])
     return slide.sha256 if same_stamp and slide.path == str(path.resolve()) else None
