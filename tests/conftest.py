@@ -5,12 +5,24 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from wsi_pipeline import ModelCard, PatchGrid, __version__, build_module, dask_client, save_model
+from wsi_pipeline import (
+    ModelCard,
+    PatchGrid,
+    ScoreOptions,
+    __version__,
+    build_module,
+    dask_client,
+    read_heatmap,
+    save_model,
+    score_slides,
+)
 from wsi_pipeline.model.onnx import CACHE_ENV
 from wsi_pipeline.model.predict import Model
+from wsi_pipeline.scoring import worker as scoring
 from wsi_pipeline.store.metadata import HeatmapRecord, ModelRecord, SlideRecord, TissueParameters
 from wsi_pipeline.synthetic.svs import Rect, RectScene, write_slide
 
@@ -52,6 +64,37 @@ def one_torch_thread():
 def client():
     with dask_client(scheduler="threads", n_workers=2) as running:
         yield running
+
+
+CLUSTER_BLOCK_CELLS = 2  # many small blocks: a run lasts long enough to lose a worker or stop in the middle
+
+
+@pytest.fixture(scope="module")
+def cluster_slides(tmp_path_factory) -> list[Path]:
+    """Two small slides for runs on clusters of worker processes."""
+    folder = tmp_path_factory.mktemp("slides")
+    make_slide(folder / "a.svs", 2400, 2000, 0.5, [(900.0, 900.0, 1500.0, 1400.0)])
+    make_slide(folder / "b.svs", 3000, 2400, 0.5, [(1200.0, 800.0, 1900.0, 1300.0)])
+    return [folder / "a.svs", folder / "b.svs"]
+
+
+@pytest.fixture(scope="module")
+def cluster_references(
+    tmp_path_factory, cluster_slides, probe_model, one_torch_thread
+) -> dict[str, np.ndarray]:
+    """Each of ``cluster_slides``' probabilities (``CLUSTER_BLOCK_CELLS``) from an in-process (threads)
+    cluster whose threads, like the workers, run torch on one thread, its model loaded afresh (the thread
+    count changes the order of float sums, and the engine a model picks; a thread keeps the count it started
+    with)."""
+    out = tmp_path_factory.mktemp("threads")
+    options = ScoreOptions(block_cells=CLUSTER_BLOCK_CELLS)
+    with pytest.MonkeyPatch.context() as patch, dask_client(scheduler="threads", n_workers=2) as client:
+        patch.setattr(scoring, "_models", {})
+        results = score_slides(
+            cluster_slides, probe_model, out, options=options, client=client, show_progress=False
+        )
+    assert [r.status for r in results] == ["ok", "ok"]
+    return {r.slide.stem: read_heatmap(r.heatmap).probabilities for r in results}
 
 
 def marker_scene(width0: int, height0: int, dark_rects: list[tuple[float, float, float, float]]) -> RectScene:

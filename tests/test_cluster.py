@@ -17,18 +17,15 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from wsi_pipeline import ScoreOptions, dask_client, read_heatmap, score_slides
+from wsi_pipeline import read_heatmap
 from wsi_pipeline.cli.score import main
-from wsi_pipeline.scoring import worker as scoring
 from wsi_pipeline.store.heatmap import HeatmapWriter
 
-from .conftest import make_slide
+from .conftest import CLUSTER_BLOCK_CELLS
 
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 120
-# Many small blocks, so that a run lasts long enough to lose a worker in the middle of it.
-BLOCK_CELLS = 2
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -102,41 +99,21 @@ def cluster(tmp_path) -> Iterator[Cluster]:
             _stop(process)
 
 
-@pytest.fixture(scope="module")
-def slides(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("slides")
-    make_slide(folder / "a.svs", 2400, 2000, 0.5, [(900.0, 900.0, 1500.0, 1400.0)])
-    make_slide(folder / "b.svs", 3000, 2400, 0.5, [(1200.0, 800.0, 1900.0, 1300.0)])
-    return [folder / "a.svs", folder / "b.svs"]
-
-
-@pytest.fixture(scope="module")
-def references(tmp_path_factory, slides, probe_model, one_torch_thread) -> dict[str, np.ndarray]:
-    """Each slide's probabilities from an in-process (threads) cluster whose threads, like the workers, run
-    torch on one thread, its model loaded afresh (the thread count changes the order of float sums, and the
-    engine a model picks; a thread keeps the count it started with)."""
-    out = tmp_path_factory.mktemp("threads")
-    options = ScoreOptions(block_cells=BLOCK_CELLS)
-    with pytest.MonkeyPatch.context() as patch, dask_client(scheduler="threads", n_workers=2) as client:
-        patch.setattr(scoring, "_models", {})
-        results = score_slides(slides, probe_model, out, options=options, client=client, show_progress=False)
-    assert [r.status for r in results] == ["ok", "ok"]
-    return {r.slide.stem: read_heatmap(r.heatmap).probabilities for r in results}
-
-
 def wsi_score(cluster: Cluster, slides: list[Path], out: Path, probe_model: Path) -> int:
     args = [*map(str, slides), "-o", str(out), "--model", str(probe_model), "-q"]
-    return main([*args, "--scheduler", cluster.address, "--block-cells", str(BLOCK_CELLS)])
+    return main([*args, "--scheduler", cluster.address, "--block-cells", str(CLUSTER_BLOCK_CELLS)])
 
 
-def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slides, probe_model, references):
-    assert wsi_score(cluster, slides, tmp_path / "out", probe_model) == 0
-    for slide in slides:
+def test_existing_cluster_gives_the_in_process_heatmaps(
+    tmp_path, cluster, cluster_slides, probe_model, cluster_references
+):
+    assert wsi_score(cluster, cluster_slides, tmp_path / "out", probe_model) == 0
+    for slide in cluster_slides:
         heatmap = read_heatmap(tmp_path / "out" / f"{slide.stem}.zarr")
         assert heatmap.complete and heatmap.metadata.devices == ("cpu",)
         # every worker ran the engine the client chose (auto resolved once), as the in-process run did
         assert heatmap.metadata.engines == (heatmap.metadata.models[0].engine,)
-        np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])
+        np.testing.assert_array_equal(heatmap.probabilities, cluster_references[slide.stem])
 
     def cached_models() -> list[str]:
         from wsi_pipeline.scoring.worker import _models
@@ -149,7 +126,7 @@ def test_existing_cluster_gives_the_in_process_heatmaps(tmp_path, cluster, slide
 
 
 def test_a_worker_killed_mid_run_still_gives_complete_heatmaps(
-    tmp_path, cluster, slides, probe_model, references, monkeypatch
+    tmp_path, cluster, cluster_slides, probe_model, cluster_references, monkeypatch
 ):
     """After a few blocks are written, the worker with the most blocks in hand is killed (SIGKILL, nanny too):
     the scheduler gives its blocks to the other worker, and the heatmaps come out whole and the same."""
@@ -166,10 +143,10 @@ def test_a_worker_killed_mid_run_still_gives_complete_heatmaps(
             os.killpg(os.getpgid(pids[victim]), signal.SIGKILL)
 
     monkeypatch.setattr(HeatmapWriter, "write_block", write_then_kill)
-    assert wsi_score(cluster, slides, tmp_path / "out", probe_model) == 0
+    assert wsi_score(cluster, cluster_slides, tmp_path / "out", probe_model) == 0
     assert killed and killed[0] > 0  # the killed worker had blocks in hand
     assert len(cluster.client.nthreads()) == 1
-    for slide in slides:
+    for slide in cluster_slides:
         heatmap = read_heatmap(tmp_path / "out" / f"{slide.stem}.zarr")
         assert heatmap.complete
-        np.testing.assert_array_equal(heatmap.probabilities, references[slide.stem])
+        np.testing.assert_array_equal(heatmap.probabilities, cluster_references[slide.stem])

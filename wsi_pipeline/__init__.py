@@ -24,6 +24,7 @@ from wsi_pipeline.core.version import __version__
 # public name -> the module (below this package) that defines it
 _EXPORTS = {
     "Block": "tiling.grid",
+    "ClusterError": "core.errors",
     "Heatmap": "store.heatmap",
     "InputError": "core.errors",
     "Model": "model.predict",
@@ -34,6 +35,7 @@ _EXPORTS = {
     "ScoreOptions": "scoring.options",
     "Slide": "slide.reader",
     "SlideResult": "scoring.options",
+    "SlurmOptions": "scoring.slurm",
     "TissueMask": "tiling.tissue",
     "build_module": "model.architectures",
     "cut_patches": "tiling.patches",

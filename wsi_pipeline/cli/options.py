@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.errors import ClusterError, InputError
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
 
 Options = argparse._ActionsContainer  # a parser, or a group of its options
@@ -83,11 +83,12 @@ def print_error(prog: str, message: object) -> None:
 
 
 def run_command(prog: str, command: Callable[[], int], interrupted: str = "interrupted") -> int:
-    """``command()``'s exit status; an ``InputError`` or ``ValueError`` is instead one line on stderr and
-    status 2, and Ctrl-C (``KeyboardInterrupt``) ``PROG: INTERRUPTED`` and status 130: no tracebacks."""
+    """``command()``'s exit status; an ``InputError``, ``ClusterError`` or ``ValueError`` is instead one line
+    on stderr and status 2, and Ctrl-C (``KeyboardInterrupt``) ``PROG: INTERRUPTED`` and status 130: no
+    tracebacks."""
     try:
         return command()
-    except (InputError, ValueError) as error:
+    except (InputError, ClusterError, ValueError) as error:
         print_error(prog, error)
         return 2
     except KeyboardInterrupt:

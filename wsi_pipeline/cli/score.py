@@ -14,11 +14,13 @@ from pathlib import Path
 
 from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, print_error, run_command
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
-from wsi_pipeline.model.card import ENGINES
+from wsi_pipeline.model.card import ENGINES, PRECISIONS
 from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions, SlideResult
+from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_options
 from wsi_pipeline.slide.reader import BACKENDS
 
 DEFAULTS = ScoreOptions()
+SLURM_DEFAULTS = SlurmOptions()
 INTERRUPTED = "interrupted; the blocks written are kept: run again to resume"
 
 
@@ -33,6 +35,19 @@ def parser() -> argparse.ArgumentParser:
         choices=ENGINES,
         help="CPU engine: auto (the faster of torch and ONNX Runtime for this model, measured once and "
         "cached), torch or onnxruntime; CUDA always runs torch",
+    )
+    p.add_argument(
+        "--precision",
+        default=DEFAULTS.precision,
+        choices=PRECISIONS,
+        help="int8 (CPU): ONNX Runtime on the model quantized and calibrated on tissue patches, used when it "
+        "agrees with float32 on patches held out (else a warning and float32); cached",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR_OR_SLIDE",
+        help="what int8 is calibrated on: a slide, a folder of slides or a patch data set (default: tissue "
+        "of the first slide)",
     )
     p.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS, help="slide reader")
     p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
@@ -57,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
+    add_slurm_options(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -86,6 +102,67 @@ def parser() -> argparse.ArgumentParser:
     )
     add_quiet(p)
     return p
+
+
+def add_slurm_options(p: argparse.ArgumentParser) -> None:
+    """The worker jobs of ``--scheduler slurm``, each option named by its ``SlurmOptions`` field (dest)."""
+    d = SLURM_DEFAULTS
+    g = p.add_argument_group("SLURM (--scheduler slurm; each option overrides --slurm-config)")
+    g.add_argument(
+        "--slurm-config",
+        metavar="FILE",
+        help='TOML file of these options by field name: partition = "cpu", jobs = 4, cores = 16, '
+        'memory = "64GB", sbatch = ["--qos=long"], ... (see the README)',
+    )
+    g.add_argument(
+        "--partition", metavar="NAME", help="partition of the worker jobs (default: the cluster's default)"
+    )
+    g.add_argument("--account", metavar="NAME", help="account the jobs are charged to")
+    g.add_argument(
+        "--jobs", type=int, metavar="N", help=f"worker jobs (default {d.jobs}); a lost job is submitted again"
+    )
+    g.add_argument(
+        "--max-jobs", type=int, metavar="N", help="adaptive: up to this many jobs while blocks wait"
+    )
+    g.add_argument(
+        "--cores-per-job",
+        dest="cores",
+        type=int,
+        metavar="N",
+        help=f"cores per job, one single-threaded worker process each (default {d.cores})",
+    )
+    g.add_argument(
+        "--memory-per-job", dest="memory", metavar="SIZE", help=f"memory per job (default {d.memory})"
+    )
+    g.add_argument(
+        "--walltime", metavar="TIME", help=f"time limit per job, [D-]HH:MM:SS (default {d.walltime})"
+    )
+    g.add_argument("--gres", help="generic resources per job, e.g. gpu:2 (then one worker process per GPU)")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        metavar="OPTION",
+        help="a further #SBATCH option, e.g. --sbatch=--qos=long (repeatable)",
+    )
+    g.add_argument(
+        "--worker-python", dest="python", metavar="PATH", help="the workers' Python (default: this one)"
+    )
+    g.add_argument(
+        "--job-log-dir", dest="log_dir", metavar="DIR", help="folder of the jobs' output (default: SLURM's)"
+    )
+    g.add_argument("--interface", metavar="NAME", help="network interface of scheduler and workers, e.g. ib0")
+
+
+def _slurm(args: argparse.Namespace) -> SlurmOptions | None:
+    """The SLURM options parsed (and validated) for ``--scheduler slurm``, else None."""
+    given = {f.name: vars(args)[f.name] for f in fields(SlurmOptions) if vars(args)[f.name] is not None}
+    if args.scheduler == "slurm":
+        return slurm_options(args.slurm_config, **given)
+    if given or args.slurm_config is not None:
+        raise ValueError(
+            "--slurm-config and the SLURM options (--partition, --jobs, ...) need --scheduler slurm"
+        )
+    return None
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -138,6 +215,7 @@ def score(args: argparse.Namespace) -> int:
     )
     options.validate()
     reports.validate()
+    slurm = _slurm(args)
     slides = find_slides(args.slides)
     with _sigterm_interrupts():
         results = score_slides(
@@ -147,6 +225,7 @@ def score(args: argparse.Namespace) -> int:
             options=options,
             scheduler=args.scheduler,
             n_workers=args.workers,
+            slurm=slurm,
             show_progress=not args.quiet,
             reports=None if args.no_reports else reports,
         )

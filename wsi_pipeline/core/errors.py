@@ -17,6 +17,10 @@ class InputError(Exception):
         return (type(self), (self.path, self.problem))
 
 
+class ClusterError(Exception):
+    """The cluster asked for cannot be started: a command or package missing, its jobs refused."""
+
+
 def summarise_error(error: Exception) -> str:
     """The first sentence of an error message, on one line."""
     return " ".join(str(error).split()).split(". ")[0][:200]

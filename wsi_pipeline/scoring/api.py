@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
+from wsi_pipeline.scoring.calibration import int8_members
 from wsi_pipeline.scoring.cluster import dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, ScoringEvent, SlideResult
 from wsi_pipeline.scoring.planning import Member, ModelSpec, model_members, plan_slide
 from wsi_pipeline.scoring.scheduler import Scheduler
 from wsi_pipeline.scoring.settling import Settle, cancelled_result, settle_alone, settle_in_batch
+from wsi_pipeline.scoring.slurm import SlurmOptions
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -63,7 +65,7 @@ def score_slide(
     options.validate()
     if reports is not None:
         reports.validate()
-    members = model_members(model, options)
+    members = int8_members(model_members(model, options), options, [slide_path])
     settle = partial(settle_alone, reports=reports)
     (result,) = _score(
         client,
@@ -87,6 +89,7 @@ def score_slides(
     options: ScoreOptions = ScoreOptions(),
     scheduler: str = "local",
     n_workers: int | None = None,
+    slurm: SlurmOptions | None = None,
     client: Client | None = None,
     show_progress: bool = True,
     reports: ReportOptions | None = DEFAULT_REPORTS,
@@ -104,6 +107,7 @@ def score_slides(
         options: the scoring parameters.
         scheduler: the cluster to start when no ``client`` is given (see ``dask_client``).
         n_workers: its number of workers; None: one per core.
+        slurm: the worker jobs of ``scheduler="slurm"``; None: ``SlurmOptions()``.
         client: a ``distributed.Client`` to score on instead.
         show_progress: a progress bar (or log lines) per slide.
         reports: the reports to write (a complete heatmap's missing or outdated ones are made again); None:
@@ -114,15 +118,16 @@ def score_slides(
 
     Raises:
         InputError: a model cannot be used, or ensemble members differ (before any cluster starts).
+        ClusterError: the cluster asked for cannot be started (e.g. SLURM refuses its jobs).
     """
     options.validate()
     if reports is not None:
         reports.validate()
-    members = model_members(model, options)  # before any cluster starts
+    members = int8_members(model_members(model, options), options, slide_paths)  # before any cluster starts
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
     with contextlib.ExitStack() as stack:
         if client is None:
-            client = stack.enter_context(dask_client(scheduler=scheduler, n_workers=n_workers))
+            client = stack.enter_context(dask_client(scheduler=scheduler, n_workers=n_workers, slurm=slurm))
         return _score(
             client,
             slide_paths,

@@ -1,4 +1,5 @@
-"""The Dask cluster a run scores on: local worker processes, in-process threads, or an existing cluster."""
+"""The Dask cluster a run scores on: local worker processes, in-process threads, worker jobs on SLURM, or an
+existing cluster."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 import dask
 
 from wsi_pipeline.scoring.options import SCHEDULERS_HELP
+from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
 # fixing that threshold turns off glibc's adaptive mmap threshold, and torch's large per-batch buffers then
@@ -17,20 +19,31 @@ WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_
 
 
 @contextlib.contextmanager
-def dask_client(*, scheduler: str = "local", n_workers: int | None = None) -> Iterator:
-    """A ``distributed.Client`` to score on, closed (with the cluster it started) on leaving the context.
+def dask_client(
+    *, scheduler: str = "local", n_workers: int | None = None, slurm: SlurmOptions | None = None
+) -> Iterator:
+    """A ``distributed.Client`` to score on, closed (with the cluster it started, and its jobs cancelled) on
+    leaving the context.
 
     Args:
         scheduler: ``local``, a local cluster of single-threaded worker processes; ``threads``, one
-            in-process worker with threads; or the ``tcp://HOST:PORT`` address of an existing cluster.
+            in-process worker with threads; ``slurm``, worker jobs submitted to SLURM; or the
+            ``tcp://HOST:PORT`` address of an existing cluster.
         n_workers: the local cluster's worker processes, or the in-process worker's threads; None: one per
-            core. An existing cluster keeps its own.
+            core. SLURM jobs and an existing cluster keep their own.
+        slurm: the SLURM jobs (``scheduler="slurm"`` only); None: ``SlurmOptions()``.
+
+    Raises:
+        ValueError: an unknown scheduler, or SLURM options for another.
+        ClusterError: SLURM cannot be used (see ``slurm_cluster``).
 
     Yields:
         The client.
     """
     from distributed import Client, LocalCluster
 
+    if slurm is not None and scheduler != "slurm":
+        raise ValueError(f"SLURM options are for the slurm scheduler, not {scheduler!r}")
     workers = n_workers or os.cpu_count() or 1
     if scheduler == "local":
         with (
@@ -45,6 +58,12 @@ def dask_client(*, scheduler: str = "local", n_workers: int | None = None) -> It
         with Client(
             processes=False, n_workers=1, threads_per_worker=workers, dashboard_address=":0"
         ) as client:
+            yield client
+    elif scheduler == "slurm":
+        with (
+            slurm_cluster(slurm or SlurmOptions(), environment=WORKER_ENVIRONMENT) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
     elif "://" in scheduler:
         with Client(scheduler) as client:

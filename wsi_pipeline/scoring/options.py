@@ -13,7 +13,8 @@ from wsi_pipeline.tiling.grid import Block
 from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP
 
 SCHEDULERS_HELP = (  # the schedulers cluster.dask_client starts or joins
-    "local (worker processes sized to the machine), threads (one in-process worker), tcp://HOST:PORT"
+    "local (worker processes sized to the machine), threads (one in-process worker), slurm (worker jobs "
+    "submitted to SLURM), tcp://HOST:PORT"
 )
 
 
