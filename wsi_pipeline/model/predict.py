@@ -270,6 +270,13 @@ def choose_engine(folder: str | Path, engine: str = "auto") -> str:
         torch.set_num_threads(threads)
 
 
+def choose_int8(folder: str | Path, calibration: np.ndarray) -> str | None:
+    """The sha256 of ``calibration`` when the model's int8 calibrated on it agrees with float32 (calibrated,
+    checked and cached here, on the CPU, for workers to load by that sha256); None, after ``Model``'s warning,
+    when a scoring run is to use float32."""
+    return Model(folder, torch.device("cpu"), "torch", "int8", calibration).calibration_sha256
+
+
 def faster_engine(choice: Path) -> str | None:
     """The faster engine by the times stored in ``choice``; None when there are none."""
     try:

@@ -1,17 +1,21 @@
-"""Patches to calibrate int8 on (``model.quantize``): random tissue cells of a slide or of the slides in a
-folder, read at the model's patch size and µm/px as scoring reads them, or patches of a patch data set."""
+"""int8 for a scoring run: the patches it is calibrated on (``model.quantize``), random tissue cells of a
+slide or of the slides in a folder, read at the model's patch size and µm/px as scoring reads them, or
+patches of a patch data set; and the run's models switched to int8 where it agrees with float32."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.datasets.patches import open_patch_dataset
 from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.predict import MIN_CALIBRATION_PATCHES, choose_int8
 from wsi_pipeline.scoring.options import ScoreOptions
-from wsi_pipeline.scoring.planning import tissue_cells
+from wsi_pipeline.scoring.planning import Member, tissue_cells
 from wsi_pipeline.slide.find import find_slides
 from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
 from wsi_pipeline.tiling.grid import Block, plan_grid
@@ -19,6 +23,52 @@ from wsi_pipeline.tiling.patches import read_block_patches
 
 CALIBRATION_PATCHES = 384  # 256 calibrate, 128 are held out to check int8 against float32
 _ONE_CELL = np.ones((1, 1), bool)
+
+
+def int8_members(
+    members: tuple[Member, ...], options: ScoreOptions, slides: Sequence[str | Path]
+) -> tuple[Member, ...]:
+    """The run's models, each switched to int8 where int8 agrees with float32 (``model.choose_int8``; a
+    model where it does not keeps its float32 engine, with a warning); as given unless the options ask for
+    int8.
+
+    Args:
+        members: the run's model, or its ensemble's members (``planning.model_members``).
+        options: the run's options: precision, and ``calibration`` (a slide, a folder of slides or a patch
+            data set) or None: tissue of the first of ``slides`` that has enough.
+        slides: the run's slides.
+
+    Raises:
+        InputError: the calibration named cannot be read.
+    """
+    if options.precision != "int8":
+        return members
+    patches = run_calibration_patches(members[0].card, options, slides)
+    switched = []
+    for member in members:
+        sha256 = choose_int8(member.source.folder, patches)
+        if sha256 is not None:
+            int8 = {"engine": "onnxruntime", "precision": "int8", "calibration": sha256}
+            member = replace(member, source=replace(member.source, **int8))
+        switched.append(member)
+    return tuple(switched)
+
+
+def run_calibration_patches(
+    card: ModelCard, options: ScoreOptions, slides: Sequence[str | Path]
+) -> np.ndarray:
+    """Patches of ``options.calibration``, else of the first slide with enough tissue (a slide that cannot be
+    read is skipped here: planning reports it); none when no slide has enough."""
+    if options.calibration is not None:
+        return calibration_patches(options.calibration, card, options)
+    for slide in slides:
+        try:
+            patches = calibration_patches(slide, card, options)
+        except InputError:
+            continue
+        if len(patches) >= MIN_CALIBRATION_PATCHES:
+            return patches
+    return np.empty((0, card.patch_size, card.patch_size, 3), np.uint8)
 
 
 def calibration_patches(

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from wsi_pipeline.model.card import ENGINES
+from wsi_pipeline.model.card import ENGINES, PRECISIONS
 from wsi_pipeline.tiling.grid import Block
 from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP
 
@@ -34,6 +34,9 @@ class ScoreOptions:
     tta: bool = False  # mean over the 8 flips/rotations of each patch (8× the model's work)
     device: str = "auto"
     engine: str = "auto"  # CPU engine: auto (the faster, measured once per model and machine) or a name
+    # int8: ONNX Runtime on the model quantized and calibrated on tissue, used when it agrees with float32
+    precision: str = "float32"
+    calibration: str | None = None  # int8's calibration: a slide, slide folder or patch set; None: 1st slide
     backend: str = "auto"
     mpp: float | None = None  # overrides the slide's µm/px
     overwrite: bool = False  # score afresh over an existing heatmap (complete, partial, or other parameters)
@@ -51,6 +54,10 @@ class ScoreOptions:
             raise ValueError("tissue µm/px must be positive and tissue areas not negative")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision == "int8" and self.device.startswith("cuda"):
+            raise ValueError("int8 runs on the CPU (--device cpu or auto)")
 
 
 SlideStatus = Literal["ok", "skipped", "failed", "cancelled"]

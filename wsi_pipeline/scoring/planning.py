@@ -93,6 +93,8 @@ class Member:
             demonstration=card.demonstration,
             intended_use=card.intended_use or None,
             source=ModelSourceInfo.from_card(card),
+            precision=source.precision,
+            calibration_sha256=source.calibration,
         )
 
 

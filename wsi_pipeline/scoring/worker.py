@@ -57,13 +57,17 @@ class SlideSource:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker loads the model; the weights' hash, device and engine key the per-process cache. The
-    engine (torch or onnxruntime, see ``model.choose_engine``) applies to CPU workers; CUDA runs torch."""
+    """How a worker loads the model; the weights' hash, device, engine and precision key the per-process
+    cache. The engine (torch or onnxruntime, see ``model.choose_engine``) applies to CPU workers; CUDA runs
+    torch. int8 (CPU only) is the model the client calibrated on patches of sha256 ``calibration``, checked
+    and cached (``Model``)."""
 
     folder: str
     weights_sha256: str
     device: str = "auto"
     engine: str = "torch"
+    precision: str = "float32"
+    calibration: str | None = None
 
 
 def _cached(
@@ -129,7 +133,8 @@ def worker_slide(source: SlideSource) -> Iterator[Slide]:
 
 def _load_model(source: ModelSource) -> Model:
     device = resolve_device(source.device)
-    model = Model(source.folder, device, source.engine if device.type == "cpu" else "torch")
+    engine = source.engine if device.type == "cpu" else "torch"
+    model = Model(source.folder, device, engine, source.precision, source.calibration)
     if model.weights_sha256 != source.weights_sha256:
         raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
     return model
@@ -139,12 +144,12 @@ def worker_model(source: ModelSource) -> Model:
     """This process's copy of the model on its device, loaded on first use (once, however many threads ask).
 
     Args:
-        source: the model folder, its weights' sha256, the device and the CPU engine.
+        source: the model folder, its weights' sha256, the device, the CPU engine and the precision.
 
     Returns:
         The loaded model, shared by the threads of this process.
     """
-    key = (source.weights_sha256, source.device, source.engine)
+    key = (source.weights_sha256, source.device, source.engine, source.precision, source.calibration)
     return _cached(_models, key, lambda: _load_model(source), hold=False).value
 
 

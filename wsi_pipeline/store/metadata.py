@@ -5,7 +5,8 @@ heatmap may be resumed or kept.
 Versions: 1 — heatmaps written before the schema was versioned (no ``schema`` or ``version`` key, tissue
 parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the oldest); 2 — the tissue
 parameters grouped; 3 — this one: ``models`` (the model, or an ensemble's members) in place of ``model``, each
-with its card's intended use, demonstration mark and source, and whether the slide is synthetic."""
+with its card's intended use, demonstration mark and source, and whether the slide is synthetic; each model's
+precision (int8 with its calibration's sha256; "float32" where not recorded) was added to it later."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from types import UnionType
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.model.card import PRECISIONS
 from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.slide.find import slide_stamp
 from wsi_pipeline.tiling.grid import PatchGrid
@@ -62,6 +64,8 @@ class ModelRecord:
     demonstration: bool = False  # its card marks it as for demonstration and pipeline checks only
     intended_use: str | None = None  # its card's statement of what it is for (None: none stated)
     source: ModelSourceInfo | None = None  # a downloaded model: spec, repo, commit, files, weights sha256
+    precision: str = "float32"  # or "int8" (ONNX Runtime); "float32" in heatmaps made before it was recorded
+    calibration_sha256: str | None = None  # int8: the calibration patches' sha256
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "models": (lambda models: len(models) > 0, "at least one model"),
     "models[].weights_sha256": _SHA256,
     "models[].source.sha256": _SHA256,
+    "models[].precision": (lambda value: value in PRECISIONS, " or ".join(PRECISIONS)),
+    "models[].calibration_sha256": _SHA256,
     "grid.width0": _SIDE,
     "grid.height0": _SIDE,
     "grid.mpp0": _MPP,
@@ -320,6 +326,7 @@ IDENTITY = {
     ("slide", "backend"): "slide reader",
     ("models", "weights_sha256"): "model weights (sha256)",  # of each model of an ensemble, in order
     ("models", "engine"): "CPU engine",
+    ("models", "precision"): "precision",
     **{("grid", f.name): f"grid {f.name}" for f in fields(PatchGrid)},
     ("tissue", "threshold"): "tissue threshold",
     ("tissue", "mpp"): "tissue µm/px",
