@@ -8,6 +8,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+CACHE_ENV = "WSI_PIPELINE_CACHE"  # overrides the cache folder
+
+
+def cache_dir() -> Path:
+    """``$WSI_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/wsi_pipeline``, else ``~/.cache/wsi_pipeline``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsi_pipeline"
+
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     """SHA-256 of a file's content, read in chunks."""

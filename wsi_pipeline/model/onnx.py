@@ -20,17 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsi_pipeline.core.files import write_atomically
+from wsi_pipeline.core.files import CACHE_ENV as CACHE_ENV  # where the tests set the cache folder
+from wsi_pipeline.core.files import cache_dir, write_atomically
 
-CACHE_ENV = "WSI_PIPELINE_CACHE"  # overrides the cache folder
 OPSET = 17
-
-
-def cache_dir() -> Path:
-    """``$WSI_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/wsi_pipeline``, else ``~/.cache/wsi_pipeline``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsi_pipeline"
 
 
 def export_key(identity: dict) -> str:

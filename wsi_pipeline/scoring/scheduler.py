@@ -77,7 +77,7 @@ class Scheduler:
         *,
         models: tuple[ModelSource, ...],
         options: ScoreOptions,
-        plan: Callable[[Path], SlidePlan],
+        plan: Callable[[str | Path], SlidePlan],
         settle: Settle,
         show_progress: bool = True,
         on_event: Callable[[ScoringEvent], object] | None = None,
@@ -120,7 +120,7 @@ class Scheduler:
 
     def _plan_ahead(self) -> None:
         while len(self.planned) < PLANNED_AHEAD and (path := next(self.paths, None)) is not None:
-            self.planned.append(self.planner.submit(self.plan, Path(path)))
+            self.planned.append(self.planner.submit(self.plan, path))
 
     def _fill(self) -> None:
         """Submit blocks until the window is full, taking up planned slides in order (waiting for a plan only

@@ -22,6 +22,7 @@ from wsi_pipeline.findings.reports import ReportOptions, current_summary, ensure
 from wsi_pipeline.scoring.ledger import record_in_batch_table
 from wsi_pipeline.scoring.options import SlideResult
 from wsi_pipeline.scoring.planning import SlidePlan, heatmap_path
+from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.store.heatmap import read_record
 from wsi_pipeline.store.metadata import HeatmapRecord
 
@@ -118,4 +119,5 @@ def failed_result(plan: SlidePlan, error: Exception) -> SlideResult:
 def cancelled_result(path: str | Path, out_dir: str | Path) -> SlideResult:
     """The result of a slide not settled when the run was stopped: its heatmap keeps the blocks written."""
     message = "cancelled; the blocks written are kept and the next run with the same parameters resumes"
-    return SlideResult(Path(path), "cancelled", heatmap_path(path, out_dir), message)
+    slide = path if is_url(path) else Path(path)
+    return SlideResult(slide, "cancelled", heatmap_path(path, out_dir), message)

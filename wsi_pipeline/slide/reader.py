@@ -12,12 +12,14 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.slide.dicom import holds_dicom, series_of
+from wsi_pipeline.slide.remote import is_url, open_remote
 
 BACKENDS = ("auto", "openslide", "tiffslide")
 # Formats tiffslide reads well (and faster than openslide, see benchmarks); openslide takes the rest, DICOM
@@ -37,28 +39,36 @@ LEVEL_TOLERANCE = 0.05
 NEAREST_TOLERANCE = LEVEL_TOLERANCE
 
 
-def choose_backend(path: Path, backend: str = "auto") -> str:
-    """Resolve ``auto`` to the backend that reads this file type best."""
+def choose_backend(path: Path | str, backend: str = "auto") -> str:
+    """Resolve ``auto`` to the backend that reads this file type best (tiffslide for a URL: OpenSlide reads
+    local files only)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if backend != "auto":
         return backend
-    return "tiffslide" if path.suffix.lower() in TIFFSLIDE_SUFFIXES else "openslide"
+    if is_url(path):
+        return "tiffslide"
+    return "tiffslide" if Path(path).suffix.lower() in TIFFSLIDE_SUFFIXES else "openslide"
 
 
 class Slide:
     """An open whole-slide image with its µm/px and pyramid."""
 
     def __init__(self, path: str | Path, backend: str = "auto", mpp: float | None = None) -> None:
-        """Open ``path``: a slide file, or a DICOM WSI series (a folder holding one, or any of its files)."""
-        self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(self.path, "no such file")
-        if self.path.is_dir() and holds_dicom(self.path):
-            self.path = series_of(self.path).path  # OpenSlide reads the series through any of its files
-        if self.path.is_dir():
-            raise InputError(self.path, "is a folder, not a slide file")
+        """Open ``path``: a slide file, a DICOM WSI series (a folder holding one, or any of its files), or a
+        URL (``slide.remote``)."""
+        self.path: Path | str = path if is_url(path) else Path(path)
+        self._file: IO[bytes] | None = None  # a remote slide's cached file
         self.backend = choose_backend(self.path, backend)
+        if isinstance(self.path, str):
+            if self.backend == "openslide":
+                raise InputError(self.path, "OpenSlide reads local files only; use --backend tiffslide")
+        elif not self.path.exists():
+            raise InputError(self.path, "no such file")
+        elif self.path.is_dir() and holds_dicom(self.path):
+            self.path = series_of(self.path).path  # OpenSlide reads the series through any of its files
+        elif self.path.is_dir():
+            raise InputError(self.path, "is a folder, not a slide file")
         try:
             with _tifffile_errors() as tiff_errors:
                 if self.backend == "openslide":
@@ -68,7 +78,9 @@ class Slide:
                 else:
                     import tiffslide
 
-                    self._handle = tiffslide.TiffSlide(str(self.path))
+                    if isinstance(self.path, str):
+                        self._file = open_remote(self.path)
+                    self._handle = tiffslide.TiffSlide(self._file or str(self.path))
                 self.width0, self.height0 = (int(v) for v in self._handle.dimensions)
                 self.level_dimensions = tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
                 self.level_downsamples = tuple(float(d) for d in self._handle.level_downsamples)
@@ -100,6 +112,8 @@ class Slide:
 
     def close(self) -> None:
         self._handle.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> Slide:
         return self
