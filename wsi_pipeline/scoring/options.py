@@ -69,7 +69,7 @@ it was settled ("cancelled", resumable)."""
 class SlideResult:
     """What happened to one slide of a batch."""
 
-    slide: Path
+    slide: Path | str  # a URL: str
     status: SlideStatus
     heatmap: Path | None = None
     message: str = ""

@@ -34,8 +34,9 @@ from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.scoring.options import ScoreOptions
 from wsi_pipeline.scoring.worker import ModelSource, SlideSource
 from wsi_pipeline.slide.dicom import is_dicom, series_of
-from wsi_pipeline.slide.find import slide_name, slide_sha256, slide_stamp
+from wsi_pipeline.slide.find import slide_identity, slide_location, slide_name, slide_stamp
 from wsi_pipeline.slide.reader import Slide
+from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_record, remove_heatmap
 from wsi_pipeline.store.metadata import (
     HeatmapRecord,
@@ -132,7 +133,7 @@ def model_members(models: ModelSpec, options: ScoreOptions) -> tuple[Member, ...
 
 def heatmap_metadata(
     slide: Slide,
-    sha256: str,
+    identity: tuple[str, str | None],
     members: Sequence[Member],
     grid: PatchGrid,
     options: ScoreOptions,
@@ -142,7 +143,7 @@ def heatmap_metadata(
 
     Args:
         slide: the open slide.
-        sha256: the slide's sha256 (``slide_sha256``).
+        identity: the slide's sha256 and what it was taken of when not its content (``slide_identity``).
         members: the run's model, or its ensemble's members.
         grid: the slide's patch grid.
         options: the run's options.
@@ -154,8 +155,9 @@ def heatmap_metadata(
     series = series_of(slide.path) if is_dicom(slide.path) else None
     return HeatmapRecord(
         slide=SlideRecord(
-            path=str(slide.path.resolve()),
-            sha256=sha256,
+            path=slide_location(slide.path),
+            sha256=identity[0],
+            identity_source=identity[1],
             backend=slide.backend,
             mpp=slide.mpp,
             mpp_source="file" if options.mpp is None else "--mpp",
@@ -207,7 +209,7 @@ class SlidePlan:
     """What planning decided for one slide. A plan with a ``lock`` holds its heatmap's lock until the slide is
     settled (or the run abandoned); a plan with an ``error`` holds none."""
 
-    path: Path
+    path: Path | str  # a URL: str
     started: float  # time.monotonic() when planning began
     heatmap: Path
     lock: FileLock | None = None
@@ -237,7 +239,7 @@ def plan_slide(
     """Open a slide, lock its heatmap, and decide what to score into it (see the module's docstring).
 
     Args:
-        path: the slide file.
+        path: the slide file (or URL).
         out_dir: the folder of the heatmaps (created if missing).
         members: the run's model, or its ensemble's members (``model_members``).
         options: the run's options.
@@ -247,7 +249,7 @@ def plan_slide(
         The slide's plan, holding the heatmap's lock; a failure (the slide, a foreign folder where the
         heatmap goes, a lock held by another run, other parameters) is the plan's ``error``, never raised.
     """
-    path = Path(path)
+    path = path if is_url(path) else Path(path)
     plan = SlidePlan(path, time.monotonic(), heatmap_path(path, out_dir))
     try:
         with Slide(path, options.backend, options.mpp) as slide, contextlib.ExitStack() as undo:
@@ -286,13 +288,14 @@ def _plan_heatmap(
     started = datetime.now(timezone.utc).isoformat()
     existing = None if options.overwrite or not plan.heatmap.exists() else read_record(plan.heatmap)
     sha256, found = recorded_sha256(existing, plan.path), None
+    identity = (sha256, None)
     if sha256 is None:
         found = tissue_pool.submit(tissue_cells, slide, grid, options)  # while the file is hashed
         try:
-            sha256 = slide_sha256(plan.path)
+            identity = slide_identity(plan.path)
         finally:
             wait([found])  # the slide stays open until then
-    record = heatmap_metadata(slide, sha256, members, grid, options, started)
+    record = heatmap_metadata(slide, identity, members, grid, options, started)
     if existing is not None:
         differences = parameter_differences(existing, record)
         if differences:
@@ -322,7 +325,7 @@ def _plan_heatmap(
     return replace(
         plan,
         writer=writer,
-        source=SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp),
+        source=SlideSource(slide_location(slide.path), slide.backend, slide.mpp),
         cells=cells,
         blocks=tuple(block for _, block in todo),
         patches=sum(n for n, _ in todo),

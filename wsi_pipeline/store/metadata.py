@@ -23,7 +23,8 @@ from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.model.card import PRECISIONS
 from wsi_pipeline.model.sources import ModelSourceInfo
-from wsi_pipeline.slide.find import slide_stamp
+from wsi_pipeline.slide.find import slide_location, slide_stamp
+from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.tiling.grid import PatchGrid
 
 SCHEMA = "wsi_pipeline.heatmap"
@@ -50,6 +51,9 @@ class SlideRecord:
     # a DICOM WSI series (sha256 over its files' sha256s, sorted; size and mtime_ns over all its files)
     study_uid: str | None = None
     series_uid: str | None = None
+    # what sha256 was taken of, when not the content: a remote slide's metadata field ("ETag", ...); sha256
+    # is then that of "<field>:<value>"
+    identity_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -364,12 +368,12 @@ def parameter_differences(old: HeatmapRecord, new: HeatmapRecord) -> list[str]:
     ]
 
 
-def recorded_sha256(existing: HeatmapRecord | None, path: Path) -> str | None:
+def recorded_sha256(existing: HeatmapRecord | None, path: Path | str) -> str | None:
     """The slide sha256 a heatmap recorded, when the file is still the one it was computed from (same path,
     size and modification time, as make and rsync judge), so re-runs over many slides do not read every file
     again; None otherwise (the file is hashed)."""
-    if existing is None:
+    if existing is None or is_url(path):  # a URL's identity is one request
         return None
     slide, stamp = existing.slide, slide_stamp(path)
     same_stamp = (slide.size, slide.mtime_ns) == (stamp["size"], stamp["mtime_ns"])
-    return slide.sha256 if same_stamp and slide.path == str(path.resolve()) else None
+    return slide.sha256 if same_stamp and slide.path == slide_location(path) else None
