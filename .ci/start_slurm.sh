@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # A single-node SLURM on this machine, for the slurm tests (pytest -m slurm): munge and SLURM from Debian's
-# packages, this host (all its cores, 3/4 of its memory) the one node of partition "cpu". Idempotent: an
-# answering SLURM is left as it is, and only what is missing is installed, written or started.
-# Exit status 0 once partition "cpu" has a node up; otherwise 1, with a one-line reason on stderr.
+# packages, this host (all its cores, 3/4 of its memory, two GPU slots) the one node of partition "cpu".
+# The GPU slots have no devices behind them (gres without File): a job asking --gres=gpu:N gets N slots, so
+# the layout of GPU jobs can be tested on a machine without GPUs.
+# Idempotent: a SLURM that answers is left as it is (ours only brought up to date), and only what is missing
+# is installed, written or started. Exit status 0 once partition "cpu" has a node up; otherwise 1, with a
+# one-line reason on stderr.
 set -euo pipefail
 
 PARTITION=cpu
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 MARK="# written by wsi_pipeline's .ci/start_slurm.sh"
 HOST=$(hostname -s)
 
@@ -17,7 +21,40 @@ fail() {
 }
 partition_up() { sinfo -h -p "$PARTITION" -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; }
 
-if command -v sinfo >/dev/null && partition_up; then
+slurm_conf() {
+    cat <<EOF
+$MARK
+ClusterName=local
+SlurmctldHost=$HOST
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+GresTypes=gpu
+NodeName=$HOST CPUs=$(nproc) RealMemory=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 3 / 4096)) Gres=gpu:2 State=UNKNOWN
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+gres_conf() {
+    printf '%s\nNodeName=%s Name=gpu File=/dev/null\nNodeName=%s Name=gpu File=/dev/zero\n' "$MARK" "$HOST" "$HOST"
+}
+
+# ours: written by this script (or not written yet); someone else's configuration is left alone
+ours() { [ ! -e "$CONF" ] || grep -qF "$MARK" "$CONF"; }
+outdated() { ! slurm_conf | cmp -s - "$CONF" || ! gres_conf | cmp -s - "$GRES_CONF"; }
+
+if command -v sinfo >/dev/null && partition_up && ! { ours && outdated; }; then
     exit 0
 fi
 [ "$(id -u)" = 0 ] || fail "not root: cannot install or start SLURM"
@@ -39,37 +76,23 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- /usr/sbin/munged --force
 fi
 
-# slurm.conf: written when missing or ours (then brought up to date); someone else's is left alone
-if [ ! -e "$CONF" ] || grep -qF "$MARK" "$CONF"; then
+stop() { # the daemon of pid file $1, if it runs, and wait for it to end
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+}
+
+if ours && outdated; then
     mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
-    memory_mb=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 3 / 4096))
-    cat >"$CONF.new" <<EOF
-$MARK
-ClusterName=local
-SlurmctldHost=$HOST
-SlurmUser=root
-AuthType=auth/munge
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
-SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-ReturnToService=2
-NodeName=$HOST CPUs=$(nproc) RealMemory=$memory_mb State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
-EOF
-    if cmp -s "$CONF.new" "$CONF"; then
-        rm "$CONF.new"
-    else
-        mv "$CONF.new" "$CONF"
-        if pgrep -x slurmctld >/dev/null; then scontrol reconfigure || true; fi
-    fi
+    slurm_conf >"$CONF"
+    gres_conf >"$GRES_CONF"
+    # node and gres changes need the daemons started afresh
+    stop /run/slurmd.pid
+    stop /run/slurmctld.pid
 fi
 
 pgrep -x slurmctld >/dev/null || slurmctld

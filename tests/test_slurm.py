@@ -175,7 +175,7 @@ def test_cpu_jobs_run_a_single_threaded_worker_per_core_as_the_local_cluster_doe
     )
 
 
-def test_gpu_jobs_run_a_worker_per_gpu_each_seeing_its_own():
+def test_gpu_job_scripts_start_a_worker_per_gpu_with_the_preload_that_pins_it():
     script = job_script(SlurmOptions(cores=8, gres="gpu:a100:2", python="/opt/env/bin/python"))
     assert "#SBATCH --gres=gpu:a100:2" in script.splitlines()
     assert " --nthreads 4 " in script and " --nworkers 2 " in script
@@ -303,6 +303,21 @@ def test_a_lost_job_is_submitted_again_and_workers_get_the_local_environment(tmp
             assert time.monotonic() < deadline, "the lost job was not replaced"
             time.sleep(0.2)
         assert lost not in queued(first)
+    assert wait_until_gone(job_ids(tmp_path)) == set()
+
+
+@slurm
+def test_a_gpu_job_runs_a_worker_per_gpu_each_seeing_its_own(tmp_path):
+    """The test SLURM's node has two GPU slots (no devices behind them): a job of two cores and two GPUs runs
+    two single-threaded workers, each seeing one of the job's GPUs."""
+    options = SlurmOptions(
+        partition=PARTITION, cores=2, gres="gpu:2", memory="2GB", log_dir=str(tmp_path), interface="lo"
+    )
+    with dask_client(scheduler="slurm", slurm=options) as client:
+        client.wait_for_workers(2, timeout=120)
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        threads = client.nthreads()
+    assert sorted(seen.values()) == ["0", "1"] and list(threads.values()) == [1, 1]
     assert wait_until_gone(job_ids(tmp_path)) == set()
 
 
