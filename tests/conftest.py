@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from wsi_pipeline import (
@@ -108,6 +110,19 @@ def make_slide(path: Path, width0: int, height0: int, mpp: float | None, dark_re
     scene = marker_scene(width0, height0, dark_rects)
     write_slide(path, scene, width0, height0, mpp, downsamples=downsamples)
     return scene
+
+
+def corrupt_tiles(path: Path, level: int, tiles: Iterable[tuple[int, int]]) -> None:
+    """Overwrite the JPEG data of tiles (row, col) of a level of a ``write_slide`` slide with zeros, so that
+    no decoder reads them (page 1 is the Aperio thumbnail, so level L > 0 is page L + 1)."""
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0 if level == 0 else level + 1]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        spans = [(page.dataoffsets[r * per_row + c], page.databytecounts[r * per_row + c]) for r, c in tiles]
+    with path.open("r+b") as file:
+        for offset, count in spans:
+            file.seek(offset)
+            file.write(bytes(count))
 
 
 def count_patches(monkeypatch) -> list[int]:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from ome_zarr_models.v05 import image as ome_image
 from ome_zarr_models.v05 import image_label as ome_label
 
 from wsi_pipeline.cli.score import main
+from wsi_pipeline.model.card import write_card
+from wsi_pipeline.model.folder import read_card
 from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
 
 from .conftest import CMU_SLIDE, make_slide
+from .test_model_formats import SideEffect
 
 DARK_LEVEL0 = [(900.0, 900.0, 1500.0, 1400.0)]
 
@@ -53,7 +58,7 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
         "finished",
     ):
         assert key in meta
-    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 3)
+    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 4)
     assert meta["complete"] is True and meta["devices"] == ["cpu"] and meta["slide"]["synthetic"] is True
     assert len(meta["slide"]["sha256"]) == 64 and len(meta["models"][0]["weights_sha256"]) == 64
     # An independent validator of the OME-Zarr 0.5 specification accepts the image and its label image.
@@ -95,6 +100,11 @@ def _truncated(tmp_path: Path) -> Path:
     return tmp_path / "cut.svs"
 
 
+def _empty(tmp_path: Path) -> Path:
+    (tmp_path / "empty.svs").touch()
+    return tmp_path / "empty.svs"
+
+
 def _no_mpp(tmp_path: Path) -> Path:
     make_slide(tmp_path / "nompp.svs", 2400, 2000, None, DARK_LEVEL0)
     return tmp_path / "nompp.svs"
@@ -107,8 +117,9 @@ def _no_mpp(tmp_path: Path) -> Path:
         (_not_a_slide, "not a readable slide"),
         (_truncated, "truncated or corrupt"),
         (_no_mpp, "no µm/px (mpp) in the file; give it with --mpp"),
+        (_empty, "empty file (0 bytes), not a slide"),
     ],
-    ids=["missing", "not-a-slide", "truncated", "no-mpp"],
+    ids=["missing", "not-a-slide", "truncated", "no-mpp", "zero-size"],
 )
 def test_bad_slide_fails_alone_and_batch_goes_on(tmp_path, capsys, probe_model, good_slide, make, problem):
     bad = make(tmp_path)
@@ -130,7 +141,7 @@ def test_mpp_option_scores_a_slide_without_mpp(tmp_path, capsys, probe_model):
     assert meta.slide.mpp == 0.5 and meta.slide.mpp_source == "--mpp"
 
 
-@pytest.mark.parametrize("broken", ["missing", "no-card", "bad-json", "no-weights"])
+@pytest.mark.parametrize("broken", ["missing", "no-card", "bad-json", "no-weights", "unsafe"])
 def test_unreadable_model_folder(tmp_path, capsys, good_slide, probe_model, broken):
     folder = tmp_path / "model"
     if broken != "missing":
@@ -139,10 +150,15 @@ def test_unreadable_model_folder(tmp_path, capsys, good_slide, probe_model, brok
         (folder / "model.json").write_text("{not json")
     if broken == "no-weights":
         (folder / "model.json").write_text((probe_model / "model.json").read_text())
+    if broken == "unsafe":  # a pickle that runs code when loaded, not weights only
+        write_card(folder, replace(read_card(probe_model), weights="model.pt"))
+        torch.save({"state_dict": SideEffect(tmp_path / "ran")}, folder / "model.pt")
     code, _, err = run_cli(capsys, good_slide, "-o", tmp_path / "out", "--model", folder)
     assert code == 2
     assert err.startswith("wsi-score: error: ") and str(folder) in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ran").exists()
+    if broken == "unsafe":
+        assert "refused: a weights-only load failed" in err
 
 
 @pytest.mark.slow

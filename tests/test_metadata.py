@@ -99,7 +99,7 @@ def test_version_1_migrates_exactly():
     del expected["model"]
     expected |= {
         "schema": SCHEMA,
-        "version": 3,
+        "version": VERSION,
         "models": [{**old["model"], "demonstration": True}],
         "tissue": {
             "threshold": 0.5,
@@ -139,7 +139,7 @@ def test_version_2_migrates_exactly():
     old = stored(V2 / "complete" / "node.zarr")
     model = {**old["model"], "demonstration": True}  # the bundled probe, by name
     expected = {key: value for key, value in old.items() if key != "model"}
-    expected |= {"version": 3, "models": [model]}
+    expected |= {"version": VERSION, "models": [model]}
     assert migrate(old) == expected and list(migrate(old))[:3] == ["schema", "version", "slide"]
     assert to_dict(from_dict(migrate(old))) == expected  # written back, nothing lost
     other = {**old, "model": {**old["model"], "name": "my-model"}}
@@ -147,10 +147,16 @@ def test_version_2_migrates_exactly():
     assert from_dict(migrate(old)).model_name == PROBE
 
 
+def test_version_3_migrates_to_unknown_damage_counts():
+    current = valid()
+    assert migrate({**current, "version": 3}) == current
+    assert from_dict(current).unreadable_cells is None
+
+
 def test_a_record_round_trips_and_leaves_unknown_fields_out():
     record = heatmap_record(GRID)
     written = to_dict(record)
-    assert written["schema"] == SCHEMA and written["version"] == VERSION == 3
+    assert written["schema"] == SCHEMA and written["version"] == VERSION == 4
     assert "finished" not in written and not {"size", "synthetic"} & set(written["slide"])
     assert "source" not in written["models"][0] and written["models"][0]["demonstration"] is False
     assert from_dict(json.loads(json.dumps(written))) == record
@@ -241,7 +247,7 @@ def test_metadata_of_the_wrong_shape_is_an_input_error():
     for metadata in ([], None, "wsi"):
         with pytest.raises(InputError, match=r"^h\.zarr: heatmap metadata must be an object"):
             migrate(metadata, "h.zarr")
-    with pytest.raises(InputError, match="version must be 3, not 1"):
+    with pytest.raises(InputError, match="version must be 4, not 1"):
         from_dict({**valid(), "version": 1})
 
 

@@ -79,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
         help="score afresh slides whose heatmap exists (complete, partial, or made with other parameters); "
         "without it, complete heatmaps are kept and partial ones resumed",
     )
+    p.add_argument(
+        "--retry-unreadable",
+        action="store_true",
+        help="score again the blocks of heatmaps holding cells whose pixels could not be decoded",
+    )
     add_threshold(p)
     p.add_argument("--top-k", type=int, default=10, help="cells in the slide's top-k mean score (default 10)")
     p.add_argument("--tile-table", action="store_true", help="also write <stem>.tiles.csv (one row per cell)")
@@ -237,7 +242,7 @@ def score(args: argparse.Namespace) -> int:
         else:
             note = f"; {result.message}" if result.message else ""
             done = f"{result.patches} patches, {result.seconds:.1f} s{note}"
-            print(f"ok {result.slide} -> {result.heatmap} ({done})")
+            print(f"{result.status} {result.slide} -> {result.heatmap} ({done})")
         if result.summary is not None:
             print("  " + "; ".join(answer_parts(result.summary)))
     warning = demonstration_warning(results)

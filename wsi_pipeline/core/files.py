@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from wsi_pipeline.core.errors import OutputError
+
 CACHE_ENV = "WSI_PIPELINE_CACHE"  # overrides the cache folder
 
 
@@ -53,3 +55,19 @@ def write_atomically(path: str | Path, content: bytes | str | Callable[[Path], o
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def make_output_folder(folder: str | Path) -> Path:
+    """Create a run's output folder (and its parents) if missing, and check that files can be written in it;
+    an ``OutputError`` naming it and the problem otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(folder, "is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{uuid.uuid4().hex[:12]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(folder, f"cannot write there ({error.strerror or error})") from None
+    return folder

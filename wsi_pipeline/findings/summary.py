@@ -144,6 +144,8 @@ def slide_summary(
             "areas are multiples of the cell area and diameters run between cell corners"
         ),
         "scored_cells": scored,
+        "unreadable_cells": meta.unreadable_cells or 0,  # tissue, but no pyramid level could be decoded there
+        "other_level_cells": meta.other_level_cells or 0,  # scored from another pyramid level than their own
         "tumour_cells": sum(region.cells for region in regions),
         "max_probability": round(float(np.nanmax(scores)), 6) if scored else None,
         "top_k_mean": round(top_mean, 6) if top_mean is not None else None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_pipeline.core.files import write_atomically
-from wsi_pipeline.store.heatmap import Heatmap
+from wsi_pipeline.store.heatmap import UNREADABLE, Heatmap
 
 
 def write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable]) -> None:
@@ -20,12 +20,12 @@ def write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable]) -> No
 
 
 def write_tile_table(path: str | Path, heatmap: Heatmap) -> Path:
-    """Every grid cell: its row/col, its patch's level-0 box (end-exclusive), whether it was scored, and its
-    class probabilities (empty when not scored)."""
+    """Every grid cell: its row/col, its patch's level-0 box (end-exclusive), whether it was scored (tissue
+    whose pixels could be decoded), and its class probabilities (empty when not scored)."""
     grid = heatmap.grid
     rows, cols = (axis.ravel() for axis in np.indices(grid.shape))
     boxes = grid.cell_boxes_level0(rows, cols).round(2).tolist()
-    scored = heatmap.tissue[rows, cols]
+    scored = heatmap.tissue[rows, cols] & (heatmap.labels[rows, cols] != UNREADABLE)
     probabilities = heatmap.probabilities[:, rows, cols].T.astype(np.float64).round(6).tolist()
     header = [
         "row",

@@ -92,7 +92,7 @@ def heatmap_layers(heatmap: Heatmap, threshold: float, name: str) -> list[LayerD
     """Tissue labels (hidden), the tumour probability (a view into ``heatmap.probabilities``) and the regions
     at ``threshold``. The probability and regions layers keep ``heatmap`` in their metadata."""
     tissue = (
-        heatmap.tissue.astype(np.uint8),
+        heatmap.labels,
         {**_cell_geometry(heatmap), "name": f"{name} tissue", "visible": False, "opacity": 0.4},
         "labels",
     )

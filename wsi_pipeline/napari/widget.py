@@ -44,7 +44,7 @@ from wsi_pipeline.napari.layers import (
 )
 from wsi_pipeline.napari.scoring import score_events
 from wsi_pipeline.scoring.options import BlockWritten, ScoreOptions, SlidePlanned, SlideResult
-from wsi_pipeline.store.heatmap import Heatmap, read_heatmap
+from wsi_pipeline.store.heatmap import UNREADABLE, Heatmap, read_heatmap
 
 
 def bundled_model_names() -> list[str]:
@@ -301,6 +301,8 @@ class ScoreWidget(QWidget):
         where = f"Cell ({row}, {col}); patch x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f} level-0 px"
         if not heatmap.tissue[row, col]:
             return f"{where}: background, not scored."
+        if heatmap.labels[row, col] == UNREADABLE:
+            return f"{where}: tissue whose pixels no pyramid level could decode, not scored."
         values = heatmap.probabilities[:, row, col]
         if np.isnan(values).all():
             return f"{where}: not scored yet."

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_pipeline.core.files import make_output_folder
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
 from wsi_pipeline.scoring.calibration import int8_members
 from wsi_pipeline.scoring.cluster import dask_client
@@ -61,11 +62,13 @@ def score_slide(
     Raises:
         InputError: the slide, its heatmap or a model cannot be used (e.g. other parameters, ensemble members
             that differ).
+        OutputError: the output folder cannot be made or written, or is full.
     """
     options.validate()
     if reports is not None:
         reports.validate()
     members = int8_members(model_members(model, options), options, [slide_path])
+    make_output_folder(out_dir)
     settle = partial(settle_alone, reports=reports)
     (result,) = _score(
         client,
@@ -119,11 +122,14 @@ def score_slides(
     Raises:
         InputError: a model cannot be used, or ensemble members differ (before any cluster starts).
         ClusterError: the cluster asked for cannot be started (e.g. SLURM refuses its jobs).
+        OutputError: the output folder cannot be made or written (before any cluster starts), or refused a
+            write (full, read-only): the slides settled are kept, the one in progress is resumable.
     """
     options.validate()
     if reports is not None:
         reports.validate()
     members = int8_members(model_members(model, options), options, slide_paths)  # before any cluster starts
+    make_output_folder(out_dir)  # before any slide is written into it
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
     with contextlib.ExitStack() as stack:
         if client is None:

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_pipeline.core.errors import output_faults
 from wsi_pipeline.core.files import write_atomically
 from wsi_pipeline.core.locks import FileLock
 from wsi_pipeline.findings.tables import write_csv
@@ -93,15 +94,16 @@ def update_batch_table(out_dir: str | Path, rows: Iterable[dict]) -> Path:
 
 def record_in_batch_table(out_dir: str | Path, result: SlideResult, metadata: HeatmapRecord | None) -> None:
     """Add or replace a slide's row of ``out_dir/slides.csv`` under the table's lock (other runs may share
-    ``out_dir``).
+    ``out_dir``); an ``OutputError`` when the folder refuses the write (full, read-only).
 
     Args:
         out_dir: the folder of the heatmaps and the table.
         result: the slide's result (with its summary, if any).
         metadata: its heatmap's metadata, or None (a failed slide).
     """
-    lock = FileLock(Path(out_dir) / f"{BATCH_TABLE}.lock").acquire(TABLE_LOCK_WAIT_S)
-    try:
-        update_batch_table(out_dir, [batch_row(result, metadata)])
-    finally:
-        lock.release()
+    with output_faults(out_dir):
+        lock = FileLock(Path(out_dir) / f"{BATCH_TABLE}.lock").acquire(TABLE_LOCK_WAIT_S)
+        try:
+            update_batch_table(out_dir, [batch_row(result, metadata)])
+        finally:
+            lock.release()

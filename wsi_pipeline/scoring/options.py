@@ -40,6 +40,7 @@ class ScoreOptions:
     backend: str = "auto"
     mpp: float | None = None  # overrides the slide's µm/px
     overwrite: bool = False  # score afresh over an existing heatmap (complete, partial, or other parameters)
+    retry_unreadable: bool = False  # score again the blocks of a heatmap holding cells that were unreadable
 
     def validate(self) -> None:
         if self.stride is not None and self.stride < 1:
@@ -60,9 +61,10 @@ class ScoreOptions:
             raise ValueError("int8 runs on the CPU (--device cpu or auto)")
 
 
-SlideStatus = Literal["ok", "skipped", "failed", "cancelled"]
-"""What became of a slide: scored ("ok"), kept as a complete heatmap ("skipped"), "failed", or stopped before
-it was settled ("cancelled", resumable)."""
+SlideStatus = Literal["ok", "partial", "skipped", "failed", "cancelled"]
+"""What became of a slide: scored ("ok"), scored but for cells whose pixels could not be decoded ("partial",
+scored now or kept), kept as a complete heatmap ("skipped"), "failed", or stopped before it was settled
+("cancelled", resumable)."""
 
 
 @dataclass

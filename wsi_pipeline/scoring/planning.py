@@ -4,7 +4,8 @@ The decision, from the heatmap already at ``OUT/<stem>.zarr`` (if any):
 
 - none, or ``overwrite``: a new heatmap with every tissue block to score;
 - partial, made from the same slide content, model and parameters: resumed, only the blocks not written;
-- complete, made the same way: kept, nothing to score (the slide is "skipped");
+- complete, made the same way: kept, nothing to score (the slide is "skipped"), unless it holds cells that
+  could not be decoded and ``retry_unreadable`` is set: then the blocks holding them are scored again;
 - made otherwise (another slide content, model or parameter): refused, the slide fails.
 
 The slide's sha256 is the one the heatmap records while the file's path, size and mtime are unchanged;
@@ -37,7 +38,7 @@ from wsi_pipeline.slide.dicom import is_dicom, series_of
 from wsi_pipeline.slide.find import slide_identity, slide_location, slide_name, slide_stamp
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.slide.remote import is_url
-from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_record, remove_heatmap
+from wsi_pipeline.store.heatmap import HeatmapWriter, is_heatmap, read_record, remove_leftovers
 from wsi_pipeline.store.metadata import (
     HeatmapRecord,
     ModelRecord,
@@ -258,6 +259,7 @@ def plan_slide(
             plan.heatmap.parent.mkdir(parents=True, exist_ok=True)
             lock = FileLock(lock_path(plan.heatmap)).acquire()
             undo.callback(lock.release)
+            remove_leftovers(plan.heatmap)
             stale = lock.took_over
             notes = () if stale is None else (f"took over the stale lock of {describe_holder(stale)}",)
             planned = _plan_heatmap(
@@ -304,7 +306,7 @@ def _plan_heatmap(
                 f"holds a heatmap made with other parameters ({'; '.join(differences)}); "
                 "--overwrite scores it afresh",
             )
-        if existing.complete:
+        if existing.complete and not (options.retry_unreadable and existing.unreadable_cells):
             # hashed (the same content under a new stamp, kept for the next re-run), moved, or older
             if (existing.slide, existing.models) != (record.slide, record.models):
                 HeatmapWriter.reopen(plan.heatmap).record(slide=record.slide, models=record.models)
@@ -315,6 +317,7 @@ def _plan_heatmap(
         writer = _new_heatmap(plan.heatmap, replace(record, tissue=tissue_record), cells)
     else:
         writer = _resume_heatmap(plan.heatmap, cells, record)
+    retried = writer.forget_unreadable() if options.retry_unreadable else 0
     blocks = [b for b in split_blocks(grid.shape, options.block_cells) if cells[b.cells].any()]
     todo = sorted(
         ((int(cells[b.cells].sum()), b) for b in blocks if not writer.is_written(b)),
@@ -322,10 +325,11 @@ def _plan_heatmap(
     )
     kept = len(blocks) - len(todo)
     resumed = (f"resumed: {kept} of {len(blocks)} blocks were written",) if kept else ()
+    resumed += (f"{retried} blocks with unreadable cells read again",) if retried else ()
     return replace(
         plan,
         writer=writer,
-        source=SlideSource(slide_location(slide.path), slide.backend, slide.mpp),
+        source=SlideSource(slide_location(slide.path), slide.backend, slide.mpp, record.slide.sha256),
         cells=cells,
         blocks=tuple(block for _, block in todo),
         patches=sum(n for n, _ in todo),
@@ -336,16 +340,12 @@ def _plan_heatmap(
 
 def _new_heatmap(heatmap: Path, record: HeatmapRecord, cells: np.ndarray) -> HeatmapWriter:
     """A new heatmap store (replacing any there) holding the tissue cells to score."""
-    if heatmap.exists():
-        remove_heatmap(heatmap)
-    writer = HeatmapWriter(heatmap, record.grid, list(record.class_names), record.block_cells, record)
-    writer.write_tissue(cells)
-    return writer
+    return HeatmapWriter(heatmap, record.grid, list(record.class_names), record.block_cells, record, cells)
 
 
 def _resume_heatmap(heatmap: Path, cells: np.ndarray, record: HeatmapRecord) -> HeatmapWriter:
-    """The partial heatmap reopened (its slide and models as ``record`` has them now, this run's start added),
-    refused when its tissue cells are not those found now."""
+    """A heatmap reopened to add the blocks it lacks (its slide and models as ``record`` has them now, this
+    run's start added), refused when its tissue cells are not those found now."""
     writer = HeatmapWriter.reopen(heatmap)
     if not np.array_equal(writer.tissue[...].astype(bool), cells):
         raise InputError(

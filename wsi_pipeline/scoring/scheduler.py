@@ -7,7 +7,8 @@ lands their results into the heatmaps.
   submitted largest first, and the next slide's as soon as the last of the current one is submitted.
 - A slide taken up with blocks to score is reported as ``SlidePlanned``; a landed block is written into its
   heatmap (which marks it done) and reported as ``BlockWritten``.
-- A slide fails alone (``_fail_slide``): its blocks still in flight are cancelled, the others go on.
+- A slide fails alone (``_fail_slide``): its blocks still in flight are cancelled, the others go on; but a
+  write the output folder refuses (full, read-only) stops the run, as an ``OutputError``.
 - Each slide is settled (a ``settling.Settle`` policy) in slide order as soon as none of its blocks is left.
 - Setting ``stop``, an interrupt or an error cancels what is in flight and releases every lock held: each
   heatmap keeps the blocks written so far and is resumed by the next run."""
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_pipeline.core.errors import output_fault
 from wsi_pipeline.core.progress import Progress
 from wsi_pipeline.scoring.options import BlockWritten, ScoreOptions, ScoringEvent, SlidePlanned, SlideResult
 from wsi_pipeline.scoring.planning import SlidePlan
@@ -169,10 +171,14 @@ class Scheduler:
         try:
             if future.status != "finished":
                 future.result()  # raises the task's error
-            _, probabilities, device, engines = outcome
+            _, probabilities, labels, device, engines = outcome
+            writer.write_labels(block, labels)
             writer.write_block(block, probabilities)
             writer.note_runner(device, engines)
         except Exception as error:
+            fault = output_fault(error, run.plan.heatmap.parent)
+            if fault is not None:  # a full or read-only folder stops the run (``_abandon``)
+                raise fault from error
             self._fail_slide(run, error)
             return
         finally:

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.errors import InputError, output_fault, output_faults
 from wsi_pipeline.core.locks import LockedError
 from wsi_pipeline.findings.reports import ReportOptions, current_summary, ensure_reports
 from wsi_pipeline.scoring.ledger import record_in_batch_table
 from wsi_pipeline.scoring.options import SlideResult
 from wsi_pipeline.scoring.planning import SlidePlan, heatmap_path
+from wsi_pipeline.slide.find import slide_stamp
 from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.store.heatmap import read_record
 from wsi_pipeline.store.metadata import HeatmapRecord
@@ -43,33 +44,66 @@ def finish_slide(
             summary of current reports already there is read into the result.
 
     Returns:
-        The slide's result ("ok" or "skipped", with its summary) and its heatmap's metadata.
+        The slide's result ("ok", "skipped", or "partial" when cells could not be decoded; with its summary)
+        and its heatmap's metadata.
     """
     if error is not None:
         raise error
-    message = "; ".join(plan.notes)
     if plan.writer is None:
-        result = SlideResult(plan.path, "skipped", plan.heatmap, message)
+        result = SlideResult(plan.path, "skipped", plan.heatmap)
     else:
+        _check_unchanged(plan)
         seconds = time.monotonic() - plan.started
-        plan.writer.finalise(
-            patches_scored=int(plan.cells.sum()),
-            seconds=round(seconds, 3),
-            finished=datetime.now(timezone.utc).isoformat(),
-        )
-        result = SlideResult(plan.path, "ok", plan.heatmap, message, plan.patches, seconds)
+        plan.writer.finalise(seconds=round(seconds, 3), finished=datetime.now(timezone.utc).isoformat())
+        result = SlideResult(plan.path, "ok", plan.heatmap, patches=plan.patches, seconds=seconds)
+    metadata = read_record(plan.heatmap)
+    notes = [*plan.notes, *damage_notes(metadata)]
+    result.message = "; ".join(notes)
+    if metadata.unreadable_cells:
+        result.status = "partial"
     if reports is None:
         result.summary = current_summary(plan.heatmap)
     else:
         result.summary = ensure_reports(plan.heatmap, reports)
-    return result, read_record(plan.heatmap)
+    return result, metadata
+
+
+def _check_unchanged(plan: SlidePlan) -> None:
+    """Refuse to complete a heatmap whose slide file changed while it was scored (its blocks may come from
+    both contents): its size and modification time must be those planned. The next run hashes it again:
+    the same content is resumed, other content refused."""
+    recorded = plan.writer.metadata.slide
+    try:
+        stamp = slide_stamp(plan.path)
+    except OSError as error:
+        raise InputError(plan.path, f"gone while it was scored ({error.strerror})") from None
+    if (stamp.get("size"), stamp.get("mtime_ns")) != (recorded.size, recorded.mtime_ns):
+        raise InputError(
+            plan.path,
+            "changed while it was scored (size or modification time); its heatmap is left unfinished: "
+            "a re-run resumes it if the content is the same, --overwrite scores new content afresh",
+        )
+
+
+def damage_notes(metadata: HeatmapRecord) -> list[str]:
+    """What a complete heatmap's result says of cells whose pixels could not be decoded at their level."""
+    notes = []
+    if metadata.other_level_cells:
+        notes.append(f"{metadata.other_level_cells} cells read from another pyramid level")
+    if metadata.unreadable_cells:
+        notes.append(
+            f"{metadata.unreadable_cells} cells unreadable at every level, left unscored "
+            "(--retry-unreadable tries them again)"
+        )
+    return notes
 
 
 def settle_in_batch(
     plan: SlidePlan, error: Exception | None, *, reports: ReportOptions | None, out_dir: str | Path
 ) -> SlideResult:
     """Settle a slide of ``score_slides``: a failure is its "failed" result, and its row of
-    ``out_dir/slides.csv`` is written (unless another run holds its heatmap's lock).
+    ``out_dir/slides.csv`` is written (unless another run holds its heatmap's lock); but a write the folder
+    refuses (full, read-only) is raised as its ``OutputError``, to stop the batch.
 
     Args:
         plan: the slide's plan (its lock is released here).
@@ -83,6 +117,9 @@ def settle_in_batch(
     try:
         result, metadata = finish_slide(plan, error, reports=reports)
     except Exception as failure:
+        fault = output_fault(failure, out_dir)
+        if fault is not None:  # a full or read-only folder: the batch stops, this slide left resumable
+            raise fault from failure
         result = failed_result(plan, failure)
         if not isinstance(failure, LockedError):
             record_in_batch_table(out_dir, result, None)
@@ -105,7 +142,8 @@ def settle_alone(plan: SlidePlan, error: Exception | None, *, reports: ReportOpt
         The slide's result: "ok" or "skipped".
     """
     try:
-        return finish_slide(plan, error, reports=reports)[0]
+        with output_faults(plan.heatmap.parent):
+            return finish_slide(plan, error, reports=reports)[0]
     finally:
         plan.release_lock()
 

@@ -23,8 +23,9 @@ import numpy as np
 from wsi_pipeline.model.device import resolve_device
 from wsi_pipeline.model.predict import Model
 from wsi_pipeline.slide.reader import Slide
+from wsi_pipeline.store.heatmap import BACKGROUND, OTHER_LEVEL, TISSUE, UNREADABLE
 from wsi_pipeline.tiling.grid import Block, PatchGrid
-from wsi_pipeline.tiling.patches import read_block_patches
+from wsi_pipeline.tiling.patches import read_block
 
 T = TypeVar("T")
 
@@ -48,11 +49,13 @@ _models: dict[tuple, _Entry[Model]] = {}
 
 @dataclass(frozen=True)
 class SlideSource:
-    """How a worker opens the slide: the same file, backend and µm/px the client resolved."""
+    """How a worker opens the slide: the same file, backend and µm/px the client resolved, and the content it
+    found (a file replaced since a handle was opened on it gets a new one)."""
 
     path: str
     backend: str
     mpp: float
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def worker_slide(source: SlideSource) -> Iterator[Slide]:
     Yields:
         The open slide, shared with the other threads of this process reading the same slide.
     """
-    key = (source.path, source.backend, source.mpp)
+    key = (source.path, source.backend, source.mpp, source.sha256)
     entry = _cached(_open_slides, key, lambda: Slide(source.path, source.backend, source.mpp), hold=True)
     try:
         yield entry.value
@@ -161,7 +164,7 @@ def score_block(
     cells: np.ndarray,
     batch_size: int,
     tta: bool = False,
-) -> tuple[Block, np.ndarray, str, tuple[str, ...]]:
+) -> tuple[Block, np.ndarray, np.ndarray, str, tuple[str, ...]]:
     """Score a block's tissue cells (the Dask task): the patches are read once and scored by each model.
 
     Args:
@@ -175,12 +178,18 @@ def score_block(
 
     Returns:
         The block; its probabilities (classes, n_rows, n_cols), the mean over the models, NaN where not
-        scored; and the device and the engine of each model that scored them.
+        scored; its cells' labels (n_rows, n_cols: ``TISSUE``, ``OTHER_LEVEL`` where read from another
+        pyramid level, ``UNREADABLE`` where no level could be decoded, else ``BACKGROUND``); and the device
+        and the engine of each model that scored them.
     """
     loaded = [worker_model(model) for model in models]
     with worker_slide(slide) as opened:
-        patches = read_block_patches(opened, grid, block, cells)
-    scores = np.mean([model.predict(patches, batch_size, tta) for model in loaded], axis=0, dtype=np.float32)
-    out = np.full((scores.shape[1], block.n_rows, block.n_cols), np.nan, np.float32)
-    out[:, cells] = scores.T
-    return block, out, str(loaded[0].device), tuple(model.engine for model in loaded)
+        read = read_block(opened, grid, block, cells)
+    scores = np.mean(
+        [model.predict(read.patches, batch_size, tta) for model in loaded], axis=0, dtype=np.float32
+    )
+    out = np.full((len(loaded[0].card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
+    out[:, read.read] = scores.T
+    kinds = [read.elsewhere, read.read, cells]
+    labels = np.select(kinds, [OTHER_LEVEL, TISSUE, UNREADABLE], BACKGROUND).astype(np.uint8)
+    return block, out, labels, str(loaded[0].device), tuple(model.engine for model in loaded)

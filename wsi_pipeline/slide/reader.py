@@ -8,9 +8,11 @@ pyramid level L (``level_downsamples[L]`` level-0 pixels each); *target* pixels 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +22,8 @@ from PIL import Image
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.slide.dicom import holds_dicom, series_of
 from wsi_pipeline.slide.remote import is_url, open_remote
+
+_log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "openslide", "tiffslide")
 # Formats tiffslide reads well (and faster than openslide, see benchmarks); openslide takes the rest, DICOM
@@ -37,6 +41,10 @@ LEVEL_TOLERANCE = 0.05
 # level pixel under its centre (nearest neighbour: at most half a level pixel off, no blur, ~4× faster than
 # PIL's bilinear); larger changes are bilinear, antialiased when downsampling.
 NEAREST_TOLERANCE = LEVEL_TOLERANCE
+# Pixels that cannot be decoded at their level may come from another: any finer level, or a coarser one up
+# to this many times the output's pixel size (a patch upsampled more than 2× holds too little of the tissue).
+FALLBACK_MAX_UPSAMPLE = 2.0
+THUMBNAIL_PIECE = 256  # output px: the side of the pieces a thumbnail tile that cannot be decoded is read in
 
 
 def choose_backend(path: Path | str, backend: str = "auto") -> str:
@@ -49,6 +57,10 @@ def choose_backend(path: Path | str, backend: str = "auto") -> str:
     if is_url(path):
         return "tiffslide"
     return "tiffslide" if Path(path).suffix.lower() in TIFFSLIDE_SUFFIXES else "openslide"
+
+
+class UnreadablePixelsError(InputError):
+    """Pixels of a slide that cannot be decoded (a corrupt or truncated tile); the rest of it may be fine."""
 
 
 class Slide:
@@ -69,6 +81,8 @@ class Slide:
             self.path = series_of(self.path).path  # OpenSlide reads the series through any of its files
         elif self.path.is_dir():
             raise InputError(self.path, "is a folder, not a slide file")
+        elif self.path.stat().st_size == 0:
+            raise InputError(self.path, "empty file (0 bytes), not a slide")
         try:
             with _tifffile_errors() as tiff_errors:
                 if self.backend == "openslide":
@@ -128,7 +142,9 @@ class Slide:
         return max(fits, key=lambda i: self.level_downsamples[i]) if fits else 0
 
     def read_level(self, level: int, x_level: int, y_level: int, width: int, height: int) -> np.ndarray:
-        """RGB uint8 of a level-L pixel box; parts outside the slide are white."""
+        """RGB uint8 of a level-L pixel box; parts outside the slide are white. ``UnreadablePixelsError`` when
+        the file's data there cannot be decoded (an openslide handle, unusable after such an error, is
+        reopened)."""
         out = np.full((height, width, 3), 255, np.uint8)
         level_width, level_height = self.level_dimensions[level]
         x0, y0 = max(x_level, 0), max(y_level, 0)
@@ -143,46 +159,168 @@ class Slide:
             else:
                 pixels = np.asarray(self._handle.read_region(location, level, (x1 - x0, y1 - y0)))
         except Exception as error:
+            if self.backend == "openslide":  # threads still reading the old handle keep it until they finish
+                import openslide
+
+                self._handle = openslide.OpenSlide(str(self.path))
             problem = f"cannot read pixels; truncated or corrupt file? ({type(error).__name__}: {error})"
-            raise InputError(self.path, problem) from None
+            raise UnreadablePixelsError(self.path, problem) from None
         out[y0 - y_level : y1 - y_level, x0 - x_level : x1 - x_level] = _to_rgb_on_white(pixels)
         return out
 
-    def read_at_mpp(
-        self, x0_out: float, y0_out: float, width_out: int, height_out: int, mpp_out: float
-    ) -> np.ndarray:
-        """RGB uint8 (height_out, width_out, 3) of output pixels at ``mpp_out`` µm/px.
-
-        ``(x0_out, y0_out)`` is the box's corner in output pixels. Reads the pyramid level closest below the
-        output resolution once and resamples the rest of the way: nearest neighbour within
-        ``NEAREST_TOLERANCE`` of the level's scale, else bilinear (antialiased when downsampling).
-        """
+    def window(
+        self, x0_out: float, y0_out: float, width_out: int, height_out: int, mpp_out: float, level: int | None
+    ) -> Window:
+        """The level pixels a read of an output box at ``mpp_out`` µm/px takes, from ``level`` (None: the
+        best one, see ``best_level``)."""
         ds = mpp_out / self.mpp
-        level = self.best_level(ds)
+        level = self.best_level(ds) if level is None else level
         scale = ds / self.level_downsamples[level]  # level-L pixels per output pixel (>= 1 unless upsampling)
         x0_level, y0_level = x0_out * scale, y0_out * scale
         x1_level, y1_level = (x0_out + width_out) * scale, (y0_out + height_out) * scale
         margin = math.ceil(max(scale, 1.0)) + 1  # room for the resampling kernel
         ix0, iy0 = math.floor(x0_level) - margin, math.floor(y0_level) - margin
         ix1, iy1 = math.ceil(x1_level) + margin, math.ceil(y1_level) + margin
-        region = self.read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
         box = (x0_level - ix0, y0_level - iy0, x1_level - ix0, y1_level - iy0)
-        if abs(scale - 1.0) <= NEAREST_TOLERANCE:
-            return resample_nearest(region, box, width_out, height_out)
-        image = Image.fromarray(region).resize((width_out, height_out), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(image)
+        return Window(level, ix0, iy0, ix1 - ix0, iy1 - iy0, box, scale, width_out, height_out)
+
+    def read_window(self, window: Window) -> np.ndarray:
+        """The level pixels of a window (``read_level``)."""
+        return self.read_level(window.level, window.x, window.y, window.width, window.height)
+
+    def read_at_mpp(
+        self,
+        x0_out: float,
+        y0_out: float,
+        width_out: int,
+        height_out: int,
+        mpp_out: float,
+        level: int | None = None,
+    ) -> np.ndarray:
+        """RGB uint8 (height_out, width_out, 3) of output pixels at ``mpp_out`` µm/px.
+
+        ``(x0_out, y0_out)`` is the box's corner in output pixels. Reads the pyramid level closest below the
+        output resolution (or ``level``) once and resamples the rest of the way: nearest neighbour within
+        ``NEAREST_TOLERANCE`` of the level's scale, else bilinear (antialiased when downsampling).
+        """
+        window = self.window(x0_out, y0_out, width_out, height_out, mpp_out, level)
+        return window.resample(self.read_window(window))
+
+    def read_in_parts(
+        self,
+        x0_out: float,
+        y0_out: float,
+        width_out: int,
+        height_out: int,
+        mpp_out: float,
+        parts: Sequence[tuple[int, int, int, int]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``read_at_mpp`` of a box whose level pixels cannot be decoded as one region: the pixels under each
+        part (an output box ``x, y, width, height`` from the box's corner) are read alone, and the region they
+        make up is resampled as a whole, so each part read is exactly as ``read_at_mpp`` gives it.
+
+        Returns:
+            The box's pixels (those of parts that could not be read are undefined) and, per part, whether
+            its pixels could not be decoded.
+        """
+        window = self.window(x0_out, y0_out, width_out, height_out, mpp_out, None)
+        region = np.full((window.height, window.width, 3), 255, np.uint8)
+        unreadable = np.zeros(len(parts), bool)
+        for index, (x, y, width, height) in enumerate(parts):
+            part = self.window(x0_out + x, y0_out + y, width, height, mpp_out, window.level)
+            try:
+                pixels = self.read_window(part)
+            except UnreadablePixelsError:
+                unreadable[index] = True
+                continue
+            x0, y0 = part.x - window.x, part.y - window.y  # the part's pixels lie within the box's
+            region[y0 : y0 + part.height, x0 : x0 + part.width] = pixels
+        return window.resample(region), unreadable
+
+    def other_levels(self, ds: float) -> list[int]:
+        """The levels to read ``ds`` level-0 px per output px from when its best level cannot be decoded:
+        the finer ones, closest first, then the coarser ones up to ``FALLBACK_MAX_UPSAMPLE`` × ``ds``."""
+        best = self.best_level(ds)
+        best_ds = self.level_downsamples[best]
+        others = [(d, i) for i, d in enumerate(self.level_downsamples) if i != best]
+        finer = sorted(((d, i) for d, i in others if d <= best_ds), reverse=True)
+        coarser = sorted((d, i) for d, i in others if best_ds < d <= ds * FALLBACK_MAX_UPSAMPLE)
+        return [i for _, i in finer + coarser]
+
+    def read_elsewhere(
+        self, x0_out: float, y0_out: float, width_out: int, height_out: int, mpp_out: float
+    ) -> np.ndarray | None:
+        """``read_at_mpp`` from the first of ``other_levels`` that can be decoded there; None if none can."""
+        for level in self.other_levels(mpp_out / self.mpp):
+            with contextlib.suppress(UnreadablePixelsError):
+                return self.read_at_mpp(x0_out, y0_out, width_out, height_out, mpp_out, level)
+        return None
 
     def thumbnail(self, mpp_out: float, tile_out: int = 2048) -> np.ndarray:
-        """The whole slide at ``mpp_out`` µm/px, read tile by tile so memory stays bounded."""
+        """The whole slide at ``mpp_out`` µm/px, read tile by tile so memory stays bounded. Pieces of a tile
+        that cannot be decoded are read from another level (``read_elsewhere``), or left white, with a
+        warning."""
         ds = mpp_out / self.mpp
         width_out = max(1, round(self.width0 / ds))
         height_out = max(1, round(self.height0 / ds))
         out = np.empty((height_out, width_out, 3), np.uint8)
+        elsewhere = unreadable = 0
         for y in range(0, height_out, tile_out):
             for x in range(0, width_out, tile_out):
                 h, w = min(tile_out, height_out - y), min(tile_out, width_out - x)
-                out[y : y + h, x : x + w] = self.read_at_mpp(x, y, w, h, mpp_out)
+                try:
+                    out[y : y + h, x : x + w] = self.read_at_mpp(x, y, w, h, mpp_out)
+                    continue
+                except UnreadablePixelsError:
+                    pass
+                side = THUMBNAIL_PIECE
+                pieces = [
+                    (px, py, min(side, w - px), min(side, h - py))
+                    for py in range(0, h, side)
+                    for px in range(0, w, side)
+                ]
+                out[y : y + h, x : x + w], failed = self.read_in_parts(x, y, w, h, mpp_out, pieces)
+                for px, py, pw, ph in itertools.compress(pieces, failed):
+                    pixels = self.read_elsewhere(x + px, y + py, pw, ph, mpp_out)
+                    out[y + py : y + py + ph, x + px : x + px + pw] = 255 if pixels is None else pixels
+                    elsewhere += pixels is not None
+                    unreadable += pixels is None
+        if elsewhere or unreadable:
+            _log.warning(
+                "%s: pixels of the %g µm/px image could not be decoded: %d pieces of %d px read from another "
+                "level, %d left white (no tissue)",
+                self.path,
+                mpp_out,
+                elsewhere,
+                THUMBNAIL_PIECE,
+                unreadable,
+            )
         return out
+
+
+@dataclass(frozen=True)
+class Window:
+    """The level pixels a read at some µm/px takes: a box of level ``level`` (corner ``x, y``, size ``width``
+    × ``height``, with a margin for the resampling kernel) and, in its pixels, the output box ``box`` (x0, y0,
+    x1, y1) of ``width_out`` × ``height_out`` output pixels, ``scale`` level pixels each."""
+
+    level: int
+    x: int
+    y: int
+    width: int
+    height: int
+    box: tuple[float, float, float, float]
+    scale: float
+    width_out: int
+    height_out: int
+
+    def resample(self, region: np.ndarray) -> np.ndarray:
+        """The output pixels from the window's level pixels: nearest neighbour within ``NEAREST_TOLERANCE``
+        of the level's scale, else bilinear (antialiased when downsampling)."""
+        if abs(self.scale - 1.0) <= NEAREST_TOLERANCE:
+            return resample_nearest(region, self.box, self.width_out, self.height_out)
+        size = (self.width_out, self.height_out)
+        return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BILINEAR, box=self.box))
 
 
 def resample_nearest(

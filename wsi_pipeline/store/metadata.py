@@ -4,9 +4,10 @@ heatmap may be resumed or kept.
 
 Versions: 1 — heatmaps written before the schema was versioned (no ``schema`` or ``version`` key, tissue
 parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the oldest); 2 — the tissue
-parameters grouped; 3 — this one: ``models`` (the model, or an ensemble's members) in place of ``model``, each
-with its card's intended use, demonstration mark and source, and whether the slide is synthetic; each model's
-precision (int8 with its calibration's sha256; "float32" where not recorded) was added to it later."""
+parameters grouped; 3 — ``models`` (the model, or an ensemble's members) in place of ``model``, each with its
+card's intended use, demonstration mark and source, and whether the slide is synthetic; each model's precision
+(int8 with its calibration's sha256; "float32" where not recorded) was added to it later; 4 — this one: a
+complete heatmap counts its cells no pyramid level could decode and those read from another level."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.tiling.grid import PatchGrid
 
 SCHEMA = "wsi_pipeline.heatmap"
-VERSION = 3
+VERSION = 4
 MPP_RANGE = (1e-4, 1e4)  # µm/px any slide, model or tissue image may have
 MAX_SIDE_PX = 1 << 24  # a slide side, level-0 pixels (the largest scans are about 2e5)
 MAX_GRID_CELLS = 1 << 26  # cells of a heatmap (a 2e5-pixel square slide at 0.25 µm/px, stride 32: 2.6e6)
@@ -105,6 +106,8 @@ class HeatmapRecord:
     engines: tuple[str, ...] = ()
     complete: bool = False  # every block written and the pyramid built
     patches_scored: int | None = None  # set when complete: tissue cells of the heatmap
+    unreadable_cells: int | None = None  # set when complete: tissue cells no pyramid level could decode (NaN)
+    other_level_cells: int | None = None  # set when complete: tissue cells read from another pyramid level
     seconds: float | None = None  # set when complete: time taken by the run that completed it
     finished: str | None = None  # set when complete: ISO 8601 time
 
@@ -171,6 +174,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "started": _TIME,
     "resumed": (lambda times: all(map(_is_time, times)), "ISO 8601 times"),
     "patches_scored": _NOT_NEGATIVE,
+    "unreadable_cells": _NOT_NEGATIVE,
+    "other_level_cells": _NOT_NEGATIVE,
     "seconds": _NOT_NEGATIVE,
     "finished": _TIME,
 }
@@ -292,7 +297,17 @@ def _from_version_2(metadata: dict) -> dict:
     return {"schema": SCHEMA, "version": 3, **upgraded}
 
 
-_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _from_version_1, 2: _from_version_2}  # → next version
+def _from_version_3(metadata: dict) -> dict:
+    """Version 3 → 4: nothing to add; ``unreadable_cells`` and ``other_level_cells`` stay unknown (a slide
+    with a tile that could not be decoded failed whole then, so a complete heatmap had none)."""
+    return {**metadata, "version": 4}
+
+
+_MIGRATIONS: dict[int, Callable[[dict], dict]] = {  # version → its next version
+    1: _from_version_1,
+    2: _from_version_2,
+    3: _from_version_3,
+}
 
 
 def migrate(metadata: object, store: str | Path = "<metadata>") -> dict:
