@@ -70,8 +70,10 @@ class Model:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        if device.type != "cpu" and (engine == "onnxruntime" or precision == "int8"):
-            raise ValueError(f"the onnxruntime engine and int8 run on the CPU, not {device}")
+        if engine == "onnxruntime" and device.type != "cpu":
+            raise ValueError(f"the onnxruntime engine runs on the CPU, not {device}")
+        if precision == "int8" and device.type != "cpu":
+            raise ValueError(f"int8 runs on the CPU, not {device}")
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration patches (or the sha256 of cached ones)")
         self.folder = resolve_model_folder(folder)
