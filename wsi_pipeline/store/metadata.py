@@ -5,9 +5,9 @@ heatmap may be resumed or kept.
 Versions: 1 — heatmaps written before the schema was versioned (no ``schema`` or ``version`` key, tissue
 parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the oldest); 2 — the tissue
 parameters grouped; 3 — ``models`` (the model, or an ensemble's members) in place of ``model``, each with its
-card's intended use, demonstration mark and source, and whether the slide is synthetic; each model's precision
-(int8 with its calibration's sha256; "float32" where not recorded) was added to it later; 4 — this one: a
-complete heatmap counts its cells no pyramid level could decode and those read from another level."""
+card's intended use, demonstration mark and source, and whether the slide is synthetic; 4 — this one: a
+complete heatmap counts its cells no pyramid level could decode and those read from another level, and each
+model's precision is recorded (int8 with its calibration's sha256; "float32" where not recorded)."""
 
 from __future__ import annotations
 
