@@ -1,14 +1,14 @@
 """End-to-end accuracy against ground truth: held-out synthetic slides scored by the whole pipeline.
 
 Writes ``--slides`` synthetic lymph-node slides (seeds never used for training data; about half without
-tumour), scores them with ``score_slides`` and a model (default: the bundled default model), and compares
-each heatmap with the slide's truth polygons (``evaluation.truth``): pooled cell-level AUC and Dice,
+tumour), scores them with ``score_slides`` and a model (default: the bundled default model; in int8 with
+``--precision int8``), and compares each heatmap with the slide's truth polygons (``evaluation.truth``): pooled cell-level AUC and Dice,
 slide-level AUC (slide score = max tumour probability), the share of metastases larger than 0.5 mm that reach
 the threshold, and the Camelyon16 lesion-level FROC by both rule sets, the challenge's and the corrected ones
 (``evaluation.froc``: detections one per region of cells at least ``--detection-floor``; ``--froc-png`` draws
 the curve of ``--froc-rules``). Slides are kept in ``--workdir`` and reused on a second run.
 
-    /work/venv/bin/python benchmarks/bench_ground_truth.py --slides 20
+    /work/venv/bin/python benchmarks/bench_ground_truth.py --slides 20 [--precision int8]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from wsi_pipeline.evaluation.froc import DETECTION_FLOOR, RULES
 from wsi_pipeline.evaluation.plots import plot_froc
 from wsi_pipeline.evaluation.truth import evaluate_heatmap, summarise
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
+from wsi_pipeline.model.card import PRECISIONS
 from wsi_pipeline.scoring.api import score_slides
 from wsi_pipeline.scoring.options import ScoreOptions
 from wsi_pipeline.store.heatmap import read_heatmap
@@ -41,6 +42,12 @@ def main() -> None:
     )
     p.add_argument("--diameter-um", type=float, nargs=2, default=(100.0, 1500.0))
     p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="int8: calibrated on the first slide's tissue, used where it agrees with float32",
+    )
     p.add_argument("--stride", type=int, help="target px between cells (default: the model's patch size)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--detection-floor", type=float, default=DETECTION_FLOOR)
@@ -63,7 +70,7 @@ def main() -> None:
     print(f"slides ready in {time.perf_counter() - start:.0f} s")
 
     start = time.perf_counter()
-    options = ScoreOptions(stride=args.stride, overwrite=True)
+    options = ScoreOptions(stride=args.stride, overwrite=True, precision=args.precision)
     results = score_slides(
         paths, args.model, out_dir, options=options, n_workers=args.workers, show_progress=False
     )
@@ -104,6 +111,7 @@ def main() -> None:
         froc_score={rules: None if f is None else f["score"] for rules, f in froc.items()},
         froc_sensitivity_at={rules: None if f is None else f["sensitivity_at"] for rules, f in froc.items()},
         model=args.model,
+        precision=sorted({m.precision for r in results for m in read_heatmap(r.heatmap).metadata.models}),
         threshold=args.threshold,
         detection_floor=args.detection_floor,
         slide_size_px=[args.width, args.height],
