@@ -2,11 +2,12 @@
 
 Writes ``--slides`` synthetic lymph-node slides (seeds never used for training data; about half without
 tumour), scores them with ``score_slides`` and a model (default: the bundled default model; in int8 with
-``--precision int8``), and compares each heatmap with the slide's truth polygons (``evaluation.truth``): pooled cell-level AUC and Dice,
-slide-level AUC (slide score = max tumour probability), the share of metastases larger than 0.5 mm that reach
-the threshold, and the Camelyon16 lesion-level FROC by both rule sets, the challenge's and the corrected ones
-(``evaluation.froc``: detections one per region of cells at least ``--detection-floor``; ``--froc-png`` draws
-the curve of ``--froc-rules``). Slides are kept in ``--workdir`` and reused on a second run.
+``--precision int8``), and compares each heatmap with the slide's truth polygons (``evaluation.truth``):
+pooled cell-level AUC and Dice, slide-level AUC (slide score = max tumour probability), the share of
+metastases larger than 0.5 mm that reach the threshold, and the Camelyon16 lesion-level FROC by both rule
+sets, the challenge's and the corrected ones (``evaluation.froc``: detections one per region of cells at least
+``--detection-floor``; ``--froc-png`` draws the curve of ``--froc-rules``). Slides are kept in ``--workdir``
+and reused on a second run.
 
     /work/venv/bin/python benchmarks/bench_ground_truth.py --slides 20 [--precision int8]
 """
