@@ -187,24 +187,28 @@ def test_gpu_job_scripts_start_a_worker_per_gpu_with_the_preload_that_pins_it():
 
 def test_a_missing_sbatch_is_one_line(tmp_path, monkeypatch, capsys, cluster_slides, probe_model):
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands on it
-    code = main(
-        [
-            str(cluster_slides[0]),
-            "-o",
-            str(tmp_path / "out"),
-            "--model",
-            str(probe_model),
-            "--scheduler",
-            "slurm",
-        ]
-    )
-    assert code == 2
+    args = [cluster_slides[0], "-o", tmp_path / "out", "--model", probe_model, "--scheduler", "slurm"]
+    assert main(list(map(str, args))) == 2
     err = capsys.readouterr().err
     assert (
         err
         == "wsi-score: error: sbatch not found on PATH: --scheduler slurm runs where SLURM's commands do\n"
     )
     with pytest.raises(ClusterError, match="sbatch not found"), dask_client(scheduler="slurm"):
+        pass
+
+
+def test_a_missing_dask_jobqueue_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "sbatch").touch(mode=0o755)  # SLURM's commands found, dask-jobqueue not
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
+    with (
+        pytest.raises(
+            ClusterError,
+            match=r'^the slurm scheduler needs dask-jobqueue: pip install "wsi-pipeline\[hpc\]"$',
+        ),
+        dask_client(scheduler="slurm"),
+    ):
         pass
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from dask_jobqueue import SLURMCluster
 
 JOB_NAME = "wsi-score"  # each worker job's name in squeue
-DEATH_TIMEOUT_S = 60  # a worker whose scheduler is gone this long (the client killed) exits, ending its job
+DEATH_TIMEOUT_S = 60  # a worker that cannot reach its scheduler this long exits, ending its job
 _WALLTIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}")  # SLURM's MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 _TEXT_FIELDS = ("partition", "account", "gres", "python", "log_dir", "interface")
 
