@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from wsi_pipeline.cli.score import main
+from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_sha256
 from wsi_pipeline.slide.dicom import find_series, safe_name, series_of
 from wsi_pipeline.slide.find import find_slides
@@ -75,9 +76,17 @@ def test_folder_of_several_series_is_a_batch(series_folder, svs, tmp_path):
     convert(svs, batch, identifier=None)
     for file in series_folder.glob("*.dcm"):
         (batch / file.name).write_bytes(file.read_bytes())
+    other = pydicom.Dataset()  # not a whole-slide image (an annotation, say): left out
+    other.SOPClassUID, other.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.91.1", pydicom.uid.generate_uid()
+    other.SeriesInstanceUID = pydicom.uid.generate_uid()
+    other.file_meta = pydicom.dataset.FileMetaDataset()
+    other.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    other.save_as(batch / "annotations.dcm", enforce_file_format=True)
     slides = find_slides([str(batch)])
     names = sorted(series_of(path).slide_id for path in slides)
     assert len(slides) == 2 and names[0] == "S-7_A_1" and names[1].startswith("batch-")
+    with pytest.raises(InputError, match="not a DICOM whole-slide image file"):
+        series_of(batch / "annotations.dcm")
 
 
 def test_dicom_scores_as_its_svs(series_folder, svs, tmp_path, capsys, probe_model):

@@ -14,6 +14,7 @@ from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_sha256
 
 DICOM_SUFFIX = ".dcm"
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 # Values converters write when they know no identifier (wsidicomizer: "Unknown"); not a readable slide id.
 _PLACEHOLDER_IDS = {"", "unknown", "none"}
 
@@ -71,24 +72,32 @@ def series_of(path: str | Path) -> DicomSeries:
     for candidate in _series_in(path.parent):
         if path in candidate.files:
             return candidate
-    raise InputError(path, "not a readable DICOM file")
+    raise InputError(path, "not a DICOM whole-slide image file")
+
+
+def _series_in(folder: Path) -> tuple[DicomSeries, ...]:
+    """The WSI series of a folder's ``.dcm`` files (cached while the folder's listing is unchanged: planning
+    asks several times per slide)."""
+    return _series_listed(folder, folder.stat().st_mtime_ns)
 
 
 @lru_cache(maxsize=64)
-def _series_in(folder: Path) -> tuple[DicomSeries, ...]:
-    """The series of a folder's ``.dcm`` files (cached per folder: planning asks several times per slide)."""
+def _series_listed(folder: Path, _mtime_ns: int) -> tuple[DicomSeries, ...]:
+    """``_series_in`` of the folder as listed at that modification time. Files of other SOP classes (such as
+    annotations or parametric maps beside the slide) are left out."""
     import pydicom
 
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     for file in sorted(p for p in folder.iterdir() if is_dicom(p) and p.is_file()):
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True)
-            series_uid = str(header.SeriesInstanceUID)
+            series_uid, sop_class = str(header.SeriesInstanceUID), str(header.SOPClassUID)
         except Exception as error:
             raise InputError(file, f"not a readable DICOM file ({type(error).__name__}: {error})") from None
-        groups.setdefault(series_uid, []).append((file, header))
+        if sop_class == WSI_SOP_CLASS:
+            groups.setdefault(series_uid, []).append((file, header))
     if not groups:
-        raise InputError(folder, "folder holds no DICOM (.dcm) files")
+        raise InputError(folder, "folder holds no DICOM whole-slide image (.dcm) files")
     return tuple(_series(folder, uid, members, len(groups) > 1) for uid, members in groups.items())
 
 
