@@ -95,7 +95,10 @@ if ours && outdated; then
     stop /run/slurmctld.pid
 fi
 
-pgrep -x slurmctld >/dev/null || slurmctld
+if ! pgrep -x slurmctld >/dev/null; then
+    # ours starts without the jobs of an earlier life (-c): a test SLURM holds nothing worth keeping
+    if ours; then slurmctld -c; else slurmctld; fi
+fi
 pgrep -x slurmd >/dev/null || slurmd
 
 for _ in $(seq 60); do

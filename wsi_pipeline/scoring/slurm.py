@@ -217,9 +217,17 @@ def _job_arguments(options: SlurmOptions, environment: Mapping[str, object]) -> 
 
 def _test_submission(job_script: str) -> None:
     """Raise a ``ClusterError`` with SLURM's reasons when ``sbatch --test-only`` refuses the job script."""
-    run = subprocess.run(
-        ["sbatch", "--test-only"], input=job_script, capture_output=True, text=True, timeout=120, check=False
-    )
+    try:
+        run = subprocess.run(
+            ["sbatch", "--test-only"],
+            input=job_script,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ClusterError("SLURM did not answer sbatch --test-only in 120 s") from None
     if run.returncode != 0:
         reasons = [line.removeprefix("sbatch: error: ") for line in run.stderr.splitlines() if line.strip()]
         raise ClusterError(f"SLURM refused the worker job: {'; '.join(reasons) or run.returncode}")
