@@ -25,7 +25,7 @@ from wsi_pipeline.findings.review import (
     explain_tiles,
     region_numbers,
     review_cells,
-    review_figure,
+    review_sheet,
     saliency_overlay,
     write_review,
 )
@@ -83,7 +83,7 @@ def sheet_parts(path, heatmap, explain: bool = False, tiles: int = 16):
     regions = find_regions(heatmap)
     summary = slide_summary(heatmap, regions, 0.5, 10, path)
     write_review(path, heatmap, regions, summary, tiles, explain)
-    texts = [text.get_text() for text in review_figure(heatmap, regions, summary, tiles, explain).texts]
+    texts = review_sheet(heatmap, regions, summary, tiles, explain).texts
     return np.asarray(Image.open(path).convert("RGB")), texts
 
 
@@ -107,9 +107,13 @@ def test_sheet_shows_the_top_and_borderline_tiles_as_scoring_read_them(node, tmp
             slide, GRID, np.array([row, near_row]), np.array([col, near_col])
         )
     y = HEADER + LABEL  # the first top tile: highest score, first in row-major order among the 0.95s
-    np.testing.assert_array_equal(png[y : y + PANEL_SIDE, MARGIN : MARGIN + PANEL_SIDE], _panel(first))
+    np.testing.assert_array_equal(
+        png[y : y + PANEL_SIDE, MARGIN : MARGIN + PANEL_SIDE], np.asarray(_panel(first))
+    )
     y += -(-n_tumour // 8) * (PANEL_SIDE + CAPTION) + LABEL  # the rows of top tiles, then the borderline row
-    np.testing.assert_array_equal(png[y : y + PANEL_SIDE, MARGIN : MARGIN + PANEL_SIDE], _panel(borderline))
+    np.testing.assert_array_equal(
+        png[y : y + PANEL_SIDE, MARGIN : MARGIN + PANEL_SIDE], np.asarray(_panel(borderline))
+    )
     assert texts[1] == f"The {n_tumour} highest tumour probabilities"
     assert texts[2].startswith("p 0.9500 · region 1\n")
     x0, y0, x1, y1 = GRID.cell_boxes_level0(np.array([row]), np.array([col]))[0]
@@ -140,7 +144,7 @@ def test_sheet_draws_grad_cam_beside_each_tile(node, tmp_path):
     maps = explain_tiles(heatmap.metadata, tiles)  # the same batch as the sheet's
     y, x = HEADER + LABEL, MARGIN + PANEL_SIDE + PAIR_GAP
     shown = png[y : y + PANEL_SIDE, x : x + PANEL_SIDE].astype(int)
-    np.testing.assert_allclose(shown, _panel(saliency_overlay(tiles[0], maps[0])), atol=1)
+    np.testing.assert_allclose(shown, np.asarray(_panel(saliency_overlay(tiles[0], maps[0]))), atol=1)
     assert png.shape[1] == 2 * MARGIN + 4 * (2 * PANEL_SIDE + PAIR_GAP) + 3 * 12  # four pairs a row
 
 

@@ -27,7 +27,7 @@ def model() -> Model:
 def partial_tiles(tmp_path_factory, model) -> dict:
     """Patches of a synthetic slide (one metastasis of 250-600 µm) that the metastasis covers in part (20-80%
     of their pixels) and the bundled model calls tumour, with the truth of each pixel (the scene's own)."""
-    scene = make_scene(4000, 3000, 0.5, 500, 1, (250, 600))
+    scene = make_scene(4000, 3000, 0.5, 500, 1, (250, 600))  # seed 500: held out from the training data
     path = tmp_path_factory.mktemp("saliency") / "node.svs"
     write_synthetic_slide(path, scene)
     ds = TARGET_MPP / scene.mpp
