@@ -11,13 +11,16 @@ and a synthetic lymph node written by ``wsi-synth slides`` (``--synthetic``, def
 48,000 × 36,000 px takes 5 minutes to write alone).
 
 Each tool runs once per slide as its command line does, with its defaults (wsi-score: a local cluster of one
-single-threaded worker per core, reports written; WSInfer: batch 32, 2 data-loading workers). The times are
-wall times of the whole process, start-up included. wsi-score's one-time ONNX export and engine race for the
-model are done (and cached) before its runs and timed apart. Probabilities are compared on patches matched by
-their level-0 centres (WSInfer's CSV boxes; the heatmap's cells), within a quarter of a cell.
+single-threaded worker per core, reports written; WSInfer: batch 32, 2 data-loading workers); wsi-score once
+per ``--precision``, int8 calibrated on the slide's own tissue (the first int8 run on a slide includes
+calibrating; later ones find it cached). The times are wall times of the whole process, start-up included.
+wsi-score's one-time ONNX export and engine race for the model are done (and cached) before its runs and timed
+apart. "Of which scoring" is WSInfer's inference loop (tqdm's time) and the time wsi-score's heatmap records
+for its run on the slide. Probabilities are compared on patches matched by their level-0 centres (WSInfer's
+CSV boxes; the heatmap's cells), within a quarter of a cell.
 
 WSInfer is installed on first use in a venv of its own under ``<cache>/bench-peers/`` (``cache_dir()`` of
-``model/onnx.py``), pinned with ``zarr<3 tiffslide<3`` and this environment's torch and torchvision, and run
+``core/files.py``), pinned with ``zarr<3 tiffslide<3`` and this environment's torch and torchvision, and run
 offline (an empty local zoo registry in a HOME of its own, ``HF_HUB_OFFLINE=1``).
 
     nice python benchmarks/bench_peers.py --slide-cache /tmp/bench-slides
@@ -29,6 +32,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,12 +45,13 @@ import numpy as np
 import torch
 import torchvision
 from bench_pipeline import OtherLoad
+from bench_scaling import size
 from scipy.spatial import cKDTree
 
+from wsi_pipeline.core.files import cache_dir
 from wsi_pipeline.model.architectures import build_module
-from wsi_pipeline.model.card import ModelCard
+from wsi_pipeline.model.card import PRECISIONS, ModelCard
 from wsi_pipeline.model.folder import read_card
-from wsi_pipeline.model.onnx import cache_dir
 from wsi_pipeline.model.predict import choose_engine
 from wsi_pipeline.model.weights import load_module, save_model
 from wsi_pipeline.slide.reader import Slide
@@ -168,15 +173,15 @@ def script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds of a command run to completion (its output kept quiet unless it fails), and the cores
-    other processes used meanwhile."""
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Wall seconds of a command run to completion (its output kept quiet unless it fails), the cores
+    other processes used meanwhile, and its standard error."""
     load, start = OtherLoad(), time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds, others = time.perf_counter() - start, load.cores()
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return seconds, others
+    return seconds, others, done.stderr
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ class Scored:
     """One tool's run on one slide: wall time and the tumour probability at each patch's level-0 centre."""
 
     seconds: float
+    scoring_seconds: float  # of which reading and scoring: WSInfer's loop, wsi-score's run on the slide
     other_cores: float  # CPU other processes used meanwhile
     centres_level0: np.ndarray  # float (N, 2): x, y
     probabilities: np.ndarray  # float (N,)
@@ -200,25 +206,28 @@ def run_wsinfer(command: Path, slide: Path, model: Path, workdir: Path) -> Score
     (slides / slide.name).symlink_to(slide)
     arguments = ["run", "-i", str(slides), "-o", str(out), "-c", str(model / "config.json")]
     arguments += ["-p", str(model / "torchscript_model.pt")]
-    seconds, others = timed([str(command), *arguments], offline_env(workdir / "home"))
+    seconds, others, log = timed([str(command), *arguments], offline_env(workdir / "home"))
+    *_, (hours, minutes, secs) = re.findall(r"\[(?:(\d+):)?(\d+):(\d+)<", log)  # tqdm's last elapsed time
+    loop = 3600 * int(hours or 0) + 60 * int(minutes) + int(secs)
     with open(out / "model-outputs-csv" / f"{slide.stem}.csv", newline="") as table:
         rows = list(csv.DictReader(table))
     boxes = np.array([[float(row[key]) for key in ("minx", "miny", "width", "height")] for row in rows])
     centres = boxes[:, :2] + boxes[:, 2:] / 2
-    return Scored(seconds, others, centres, np.array([float(row[f"prob_{CLASS_NAMES[-1]}"]) for row in rows]))
+    tumour = np.array([float(row[f"prob_{CLASS_NAMES[-1]}"]) for row in rows])
+    return Scored(seconds, loop, others, centres, tumour)
 
 
-def run_wsi_score(slide: Path, model: Path, workdir: Path) -> Scored:
-    """wsi-score with its defaults, with its heatmap read back."""
-    seconds, others = timed(
-        [script("wsi-score"), str(slide), "-o", str(workdir), "--model", str(model), "-q"]
-    )
+def run_wsi_score(slide: Path, model: Path, workdir: Path, precision: str) -> Scored:
+    """wsi-score with its defaults but ``--precision``, with its heatmap read back."""
+    arguments = [str(slide), "-o", str(workdir), "--model", str(model), "--precision", precision, "-q"]
+    seconds, others, _ = timed([script("wsi-score"), *arguments])
     heatmap = read_heatmap(workdir / f"{slide.stem}.zarr")
     scored = ~np.isnan(heatmap.probabilities[-1])
     rows, cols = np.nonzero(scored)
     boxes = heatmap.grid.cell_boxes_level0(rows, cols)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    return Scored(seconds, others, centres, heatmap.probabilities[-1][scored].astype(np.float64))
+    tumour = heatmap.probabilities[-1][scored].astype(np.float64)
+    return Scored(seconds, heatmap.metadata.seconds or 0.0, others, centres, tumour)
 
 
 def agreement(ours: Scored, peer: Scored, cell_level0: float) -> str:
@@ -241,10 +250,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--synthetic",
-        default="32000x24000",
+        type=size,
+        default=(32_000, 24_000),
         help="size WxH of the synthetic slide, level-0 px (default 32000x24000)",
     )
     p.add_argument("--synthetic-mpp", type=float, default=0.25, help="its µm/px (default 0.25)")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=PRECISIONS,
+        default=list(PRECISIONS),
+        help="wsi-score's runs (default: both; int8 calibrates on the slide, cached after its first run)",
+    )
     p.add_argument("--seed", type=int, default=0, help="model weights and synthetic slide")
     p.add_argument("--slide-cache", type=Path, help="folder keeping the slides between runs")
     p.add_argument("--workdir", type=Path, help="parent of the temporary working folder")
@@ -253,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    width, height = (int(v) for v in args.synthetic.lower().split("x"))
+    width, height = args.synthetic
     command = wsinfer_command()
     workdir = Path(tempfile.mkdtemp(prefix="bench-peers-", dir=args.workdir))
     try:
@@ -268,24 +285,27 @@ def main(argv: list[str] | None = None) -> None:
         engine = choose_engine(ours_model)
         once = time.perf_counter() - start
         print(f"wsi-score's ONNX export and engine race, once per model and machine: {once:.1f} s ({engine})")
-        print(
-            "\n| slide | level-0 px, µm/px | tool | wall s | patches | patches/s | wsi-score / WSInfer | "
-            "other processes, cores |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
-        )
+        columns = "slide | level-0 px, µm/px | tool | wall s | of which scoring s | patches | patches/s | "
+        columns += "wsi-score / WSInfer | other processes, cores"
+        print(f"\n| {columns} |\n|{' --- |' * 3}{' ---: |' * 6}")
         notes = []
         for index, (name, slide) in enumerate(slides.items()):
             with Slide(slide) as opened:
-                size, mpp = f"{opened.width0:,} × {opened.height0:,}, {opened.mpp:g}", opened.mpp
-            peer = run_wsinfer(command, slide, peer_model, workdir / f"wsinfer-{index}")
-            ours = run_wsi_score(slide, ours_model, workdir / f"wsi-score-{index}")
-            for tool, run in (("WSInfer 0.6.1", peer), ("wsi-score", ours)):
-                ratio = f"{ours.rate / peer.rate:.2f}×" if run is ours else ""
+                extent, mpp = f"{opened.width0:,} × {opened.height0:,}, {opened.mpp:g}", opened.mpp
+            runs = {"WSInfer 0.6.1": run_wsinfer(command, slide, peer_model, workdir / f"wsinfer-{index}")}
+            for precision in args.precision:
+                out = workdir / f"wsi-score-{index}-{precision}"
+                runs[f"wsi-score {precision}"] = run_wsi_score(slide, ours_model, out, precision)
+            peer = runs["WSInfer 0.6.1"]
+            for tool, run in runs.items():
+                ratio = f"{run.rate / peer.rate:.2f}×" if run is not peer else ""
                 print(
-                    f"| {name} | {size} | {tool} | {run.seconds:.1f} | {len(run.probabilities):,} | "
-                    f"{run.rate:.0f} | {ratio} | {run.other_cores:.2f} |",
+                    f"| {name} | {extent} | {tool} | {run.seconds:.1f} | {run.scoring_seconds:.1f} | "
+                    f"{len(run.probabilities):,} | {run.rate:.0f} | {ratio} | {run.other_cores:.2f} |",
                     flush=True,
                 )
-            notes.append(f"{name}: {agreement(ours, peer, PATCH_PX * MODEL_MPP / mpp)}")
+                if run is not peer:
+                    notes.append(f"{name}, {tool}: {agreement(run, peer, PATCH_PX * MODEL_MPP / mpp)}")
         print("\nProbabilities (tumour), wsi-score vs WSInfer:")
         for note in notes:
             print(f"- {note}")

@@ -14,6 +14,7 @@ import pytest
 from wsi_pipeline.cli.score import main
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_sha256
+from wsi_pipeline.findings.regions import find_regions, tumour_scores
 from wsi_pipeline.slide.dicom import find_series, safe_name, series_of
 from wsi_pipeline.slide.find import find_slides
 from wsi_pipeline.slide.reader import Slide
@@ -111,3 +112,35 @@ def test_dicom_scores_as_its_svs(series_folder, svs, tmp_path, capsys, probe_mod
 
 def test_safe_name():
     assert safe_name("../a b/c") == "_a_b_c" and safe_name("...") == "slide"
+
+
+def test_dicom_output_reads_back_in_place(series_folder, svs, tmp_path, capsys, probe_model):
+    hd = pytest.importorskip("highdicom", reason="--dicom-out writes through highdicom (the dicom extra)")
+    common = ["--model", probe_model, "--scheduler", "threads", "--workers", "2", "-q", "--review-tiles", "0"]
+    assert main([str(series_folder), "-o", str(tmp_path), "--dicom-out", *map(str, common)]) == 0
+    heatmap = read_heatmap(tmp_path / "S-7_A_1.zarr")
+    regions = find_regions(heatmap, 0.5)
+    assert regions
+    source = pydicom.dcmread(max(series_of(series_folder).files, key=lambda f: f.stat().st_size))
+    probability_map = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(tmp_path / "S-7_A_1.pm.dcm"))
+    np.testing.assert_array_equal(probability_map.get_total_pixel_matrix(), tumour_scores(heatmap))
+    # geometry: cell (row, col) lies on the slide where the grid puts its centre (README: translation
+    # patch/2 · target µm/px, scale stride · target µm/px), through the slide's own frame of reference
+    to_slide = hd.spatial.PixelToReferenceTransformer.for_image(probability_map, for_total_pixel_matrix=True)
+    from_source = hd.spatial.PixelToReferenceTransformer.for_image(source, for_total_pixel_matrix=True)
+    grid, (row, col) = heatmap.grid, (5, 7)
+    centre_level0 = [(grid.patch_size / 2 + i * grid.stride) * grid.ds - 0.5 for i in (col, row)]
+    expected = (from_source.affine @ [*centre_level0, 0.0, 1.0])[:3]
+    np.testing.assert_allclose(to_slide(np.array([[col, row]]))[0], expected, atol=1e-6)
+    annotations = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(
+        pydicom.dcmread(tmp_path / "S-7_A_1.ann.dcm")
+    )
+    polygons = annotations.get_annotation_groups()[0].get_graphic_data(coordinate_type="2D")
+    assert len(polygons) == len(regions)
+    for polygon, region in zip(polygons, regions, strict=True):
+        x0, y0, x1, y1 = region.bbox_level0
+        xs, ys = np.asarray(polygon).T
+        assert (xs.min(), ys.min(), xs.max(), ys.max()) == pytest.approx((x0, y0, x1, y1))
+    # a slide not read from DICOM is refused before anything runs
+    assert main([str(svs), "-o", str(tmp_path / "svs"), "--dicom-out", *map(str, common)]) == 2
+    assert "--dicom-out needs DICOM slides" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import signal
 import sys
 import threading
@@ -99,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--explain", action="store_true", help="draw each review tile's Grad-CAM saliency beside it (CNNs)"
+    )
+    p.add_argument(
+        "--dicom-out",
+        action="store_true",
+        help="also write <stem>.pm.dcm (probability map) and <stem>.ann.dcm (regions) for DICOM slides",
     )
     p.add_argument(
         "--no-reports",
@@ -207,21 +213,34 @@ def demonstration_warning(results: list[SlideResult]) -> str | None:
 
 def score(args: argparse.Namespace) -> int:
     """Score the slides as parsed; 1 when a slide failed."""
+    from wsi_pipeline.core.errors import InputError
     from wsi_pipeline.findings.reports import ReportOptions  # the scoring stack: loaded once parsed
     from wsi_pipeline.findings.summary import answer_parts
     from wsi_pipeline.scoring.api import score_slides
     from wsi_pipeline.scoring.ledger import BATCH_TABLE
+    from wsi_pipeline.slide.dicom import is_dicom
     from wsi_pipeline.slide.find import find_slides
 
     parsed = vars(args)  # each option named as a field of ScoreOptions sets that field
     options = ScoreOptions(**{f.name: parsed[f.name] for f in fields(ScoreOptions) if f.name in parsed})
     reports = ReportOptions(
-        args.threshold, args.top_k, args.tile_table, args.geojson_tiles, args.review_tiles, args.explain
+        args.threshold,
+        args.top_k,
+        args.tile_table,
+        args.geojson_tiles,
+        args.review_tiles,
+        args.explain,
+        args.dicom_out,
     )
     options.validate()
     reports.validate()
     slurm = _slurm(args)
     slides = find_slides(args.slides)
+    not_dicom = [slide for slide in slides if args.dicom_out and not is_dicom(slide)]
+    if not_dicom:
+        raise InputError(not_dicom[0], "--dicom-out needs DICOM slides (convert it first: wsidicomizer)")
+    if args.dicom_out and importlib.util.find_spec("highdicom") is None:
+        raise ValueError("--dicom-out needs highdicom: pip install 'wsi-pipeline[dicom]'")
     with _sigterm_interrupts():
         results = score_slides(
             slides,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import write_atomically
+from wsi_pipeline.findings.dicom import write_dicom
 from wsi_pipeline.findings.geojson import qupath_geojson
 from wsi_pipeline.findings.overlay import write_overlay
 from wsi_pipeline.findings.regions import find_regions
@@ -31,6 +32,8 @@ SUFFIXES = {
     "overlay": ".overlay.png",
     "review": ".review.png",
     "tiles": ".tiles.csv",
+    "dicom_map": ".pm.dcm",  # --dicom-out: the probability map (findings/dicom.py)
+    "dicom_annotations": ".ann.dcm",  # and the regions
 }
 
 
@@ -44,6 +47,7 @@ class ReportOptions:
     geojson_tiles: bool = False  # also put every scored tile in the GeoJSON, as a detection
     review_tiles: int = REVIEW_TILES  # top tiles on the review sheet; 0: no review sheet
     explain: bool = False  # draw each review tile's Grad-CAM saliency beside it
+    dicom: bool = False  # also write the map and regions as DICOM (DICOM slides only)
 
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -82,6 +86,8 @@ def write_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptio
         write_atomically(paths["review"], lambda path: write_review(path, heatmap, regions, summary, *review))
     if options.tile_table:
         write_tile_table(paths["tiles"], heatmap)
+    if options.dicom:
+        write_dicom(paths["dicom_map"], paths["dicom_annotations"], heatmap, regions)
     text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_atomically(paths["summary"], text)
     return summary
@@ -102,6 +108,7 @@ def current_summary(heatmap_path: str | Path, options: ReportOptions | None = No
         return summary
     wanted = ["geojson", "overlay"] + (["tiles"] if options.tile_table else [])
     wanted += ["review"] if options.review_tiles else []
+    wanted += ["dicom_map", "dicom_annotations"] if options.dicom else []
     asked = ("threshold", "top_k", "geojson_tiles", "review_tiles", "explain")
     same = all(summary.get(name) == getattr(options, name) for name in asked)
     return summary if same and all(paths[kind].is_file() for kind in wanted) else None

@@ -8,9 +8,9 @@ channel (a third of the error of per-tensor weights, at the same speed), MinMax 
 entropy calibration were no closer), no reduced range (twice the error), and the float graph pre-processed
 (shape inference and ONNX Runtime's optimizations; without it resnet18 ran at 0.2× the speed).
 
-Quantized models are cached beside the float exports (``onnx.cache_dir()/int8``) under a key of the float
-export's key, the calibration patches' sha256, the recipe and ONNX Runtime's version, each with its agreement
-measured on the held-out patches, so a second load neither calibrates nor checks again."""
+Quantized models are cached beside the float exports (``core.files.cache_dir()/int8``) under a key of the
+float export's key, the calibration patches' sha256, the recipe and ONNX Runtime's version, each with its
+agreement measured on the held-out patches, so a second load neither calibrates nor checks again."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_pipeline.core.files import write_atomically
-from wsi_pipeline.model.onnx import cache_dir
+from wsi_pipeline.core.files import cache_dir, write_atomically
 
 # int8 is used only when, on the held-out calibration patches, no probability moves more than MAX_DIFFERENCE
 # from float32's and they move MEAN_DIFFERENCE on average (ResNets and the bundled model: max 0.009–0.037,
