@@ -220,18 +220,18 @@ def test_sigterm_stops_wsi_score_resumably(tmp_path, probe_model):
 def test_a_complete_heatmap_is_kept_without_reading_the_unchanged_slide_again(
     tmp_path, slide, probe_model, client, monkeypatch
 ):
-    from wsi_pipeline.scoring import planning
+    from wsi_pipeline.slide import find
 
     out = tmp_path / "out"
     (first,) = score_slides([slide], probe_model, out, options=OPTIONS, client=client, show_progress=False)
     assert first.status == "ok"
-    hashed, file_sha256 = [], planning.file_sha256
+    hashed, file_sha256 = [], find.file_sha256  # slides are hashed through slide_identity
 
     def recording_sha256(path):
         hashed.append(Path(path))
         return file_sha256(path)
 
-    monkeypatch.setattr(planning, "file_sha256", recording_sha256)
+    monkeypatch.setattr(find, "file_sha256", recording_sha256)
     (again,) = score_slides([slide], probe_model, out, options=OPTIONS, client=client, show_progress=False)
     assert again.status == "skipped" and slide not in hashed  # same path, size and mtime: the recorded sha256
     stamp = os.stat(slide)

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
 MANUFACTURER = "wsi_pipeline"
+SUFFIXES = {"map": ".pm.dcm", "annotations": ".ann.dcm"}  # beside the heatmap <name>.zarr
+
+
+def dicom_paths(heatmap_path: str | Path) -> dict[str, Path]:
+    """The DICOM files that belong to a heatmap ``<name>.zarr``, by kind."""
+    heatmap_path = Path(heatmap_path)
+    return {kind: heatmap_path.with_name(heatmap_path.stem + suffix) for kind, suffix in SUFFIXES.items()}
 
 
 def level0_image(slide_path: str | Path) -> Dataset:
@@ -43,8 +50,9 @@ def map_origin_level0(heatmap: Heatmap) -> tuple[float, float]:
     return centre - 0.5, centre - 0.5
 
 
-def write_dicom(map_path: Path, annotations_path: Path, heatmap: Heatmap, regions: Sequence[Region]) -> None:
-    """Write the probability map and the regions (none: an annotations object with no group)."""
+def write_dicom(heatmap_path: str | Path, heatmap: Heatmap, regions: Sequence[Region]) -> None:
+    """Write the probability map and the regions (none: an annotations object with no group) beside the
+    heatmap (``dicom_paths``)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -85,7 +93,8 @@ def write_dicom(map_path: Path, annotations_path: Path, heatmap: Heatmap, region
         content_description="tumour probability per patch (research, not for diagnosis)",
         **equipment,
     )
-    write_atomically(map_path, probability_map.save_as)
+    paths = dicom_paths(heatmap_path)
+    write_atomically(paths["map"], probability_map.save_as)
     group = hd.ann.AnnotationGroup(
         number=1,
         uid=hd.UID(),
@@ -112,7 +121,7 @@ def write_dicom(map_path: Path, annotations_path: Path, heatmap: Heatmap, region
         content_label="REGIONS",
         **equipment,
     )
-    write_atomically(annotations_path, annotations.save_as)
+    write_atomically(paths["annotations"], annotations.save_as)
 
 
 def _exterior(region: Region) -> np.ndarray:

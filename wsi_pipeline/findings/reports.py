@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import write_atomically
-from wsi_pipeline.findings.dicom import write_dicom
+from wsi_pipeline.findings.dicom import dicom_paths, write_dicom
 from wsi_pipeline.findings.geojson import qupath_geojson
 from wsi_pipeline.findings.overlay import write_overlay
 from wsi_pipeline.findings.regions import find_regions
@@ -32,8 +32,6 @@ SUFFIXES = {
     "overlay": ".overlay.png",
     "review": ".review.png",
     "tiles": ".tiles.csv",
-    "dicom_map": ".pm.dcm",  # --dicom-out: the probability map (findings/dicom.py)
-    "dicom_annotations": ".ann.dcm",  # and the regions
 }
 
 
@@ -87,7 +85,7 @@ def write_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptio
     if options.tile_table:
         write_tile_table(paths["tiles"], heatmap)
     if options.dicom:
-        write_dicom(paths["dicom_map"], paths["dicom_annotations"], heatmap, regions)
+        write_dicom(heatmap_path, heatmap, regions)
     text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_atomically(paths["summary"], text)
     return summary
@@ -108,10 +106,11 @@ def current_summary(heatmap_path: str | Path, options: ReportOptions | None = No
         return summary
     wanted = ["geojson", "overlay"] + (["tiles"] if options.tile_table else [])
     wanted += ["review"] if options.review_tiles else []
-    wanted += ["dicom_map", "dicom_annotations"] if options.dicom else []
     asked = ("threshold", "top_k", "geojson_tiles", "review_tiles", "explain")
     same = all(summary.get(name) == getattr(options, name) for name in asked)
-    return summary if same and all(paths[kind].is_file() for kind in wanted) else None
+    dicom = dicom_paths(heatmap_path).values() if options.dicom else ()
+    files = [paths[kind] for kind in wanted] + list(dicom)
+    return summary if same and all(path.is_file() for path in files) else None
 
 
 def ensure_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptions()) -> dict:
