@@ -93,8 +93,11 @@ class Model:
         if device.type == "cpu" and engine != "torch" and self.precision == "float32":
             self._try_onnxruntime(measure=engine == "auto")
 
-    def predict(self, patches: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-        """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3), resized (bilinear,
+    def predict(
+        self, patches: np.ndarray | torch.Tensor, batch_size: int = 256, tta: bool = False
+    ) -> np.ndarray:
+        """Class probabilities (N, n_classes) float32 of uint8 patches (N, H, W, 3) (a tensor in pinned memory
+        is copied to a CUDA device asynchronously), resized (bilinear,
         antialiased) to the card's ``input_size`` when that differs from H × W; with ``tta``, the mean over
         the 8 flips and rotations of each patch (8× the compute)."""
         out = np.empty((len(patches), len(self.card.class_names)), np.float32)
@@ -134,9 +137,11 @@ class Model:
         """Side of the square input the module takes."""
         return self.card.input_size or self.card.patch_size
 
-    def _inputs(self, patches: np.ndarray) -> torch.Tensor:
+    def _inputs(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalised float NCHW (a view of NHWC memory: channels_last) on the device, at ``input_side``."""
-        batch = torch.from_numpy(np.ascontiguousarray(patches))
+        batch = (
+            patches if isinstance(patches, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patches))
+        )
         x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
         x = x.permute(0, 3, 1, 2)
         side = self.input_side

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+import torch
 
 from wsi_pipeline.model.device import resolve_device
 from wsi_pipeline.model.predict import Model
+from wsi_pipeline.scoring.pipeline import overlap_for, pinned, run_overlapped
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import BACKGROUND, OTHER_LEVEL, TISSUE, UNREADABLE
 from wsi_pipeline.tiling.grid import Block, PatchGrid
-from wsi_pipeline.tiling.patches import read_block
+from wsi_pipeline.tiling.patches import BlockPatches, read_block
 
 T = TypeVar("T")
 
@@ -165,7 +167,8 @@ def score_block(
     batch_size: int,
     tta: bool = False,
 ) -> tuple[Block, np.ndarray, np.ndarray, str, tuple[str, ...]]:
-    """Score a block's tissue cells (the Dask task): the patches are read once and scored by each model.
+    """Score a block's tissue cells (the Dask task): the patches are read once and scored by each model, in
+    batches of ``batch_size`` cells (row-major), the next batches read while one is scored (``pipeline``).
 
     Args:
         slide: how to open the slide.
@@ -183,13 +186,40 @@ def score_block(
         and the engine of each model that scored them.
     """
     loaded = [worker_model(model) for model in models]
-    with worker_slide(slide) as opened:
-        read = read_block(opened, grid, block, cells)
-    scores = np.mean(
-        [model.predict(read.patches, batch_size, tta) for model in loaded], axis=0, dtype=np.float32
-    )
+    device = loaded[0].device
     out = np.full((len(loaded[0].card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
-    out[:, read.read] = scores.T
-    kinds = [read.elsewhere, read.read, cells]
+    read, elsewhere = np.zeros(cells.shape, bool), np.zeros(cells.shape, bool)
+
+    def score(batch: tuple[BlockPatches, np.ndarray | torch.Tensor]) -> None:
+        patches, pixels = batch
+        scores = [model.predict(pixels, batch_size, tta) for model in loaded]
+        out[:, patches.read] = np.mean(scores, axis=0, dtype=np.float32).T
+        read[patches.read], elsewhere[patches.elsewhere] = True, True
+
+    with worker_slide(slide) as opened:
+
+        def reader(batch_cells: np.ndarray) -> Callable[[], tuple[BlockPatches, np.ndarray | torch.Tensor]]:
+            def read_batch() -> tuple[BlockPatches, np.ndarray | torch.Tensor]:
+                patches = read_block(opened, grid, block, batch_cells)
+                return patches, pinned(patches.patches) if device.type == "cuda" else patches.patches
+
+            return read_batch
+
+        run_overlapped([reader(part) for part in batch_masks(cells, batch_size)], score, overlap_for(device))
+    kinds = [elsewhere, read, cells]
     labels = np.select(kinds, [OTHER_LEVEL, TISSUE, UNREADABLE], BACKGROUND).astype(np.uint8)
     return block, out, labels, str(loaded[0].device), tuple(model.engine for model in loaded)
+
+
+def batch_masks(cells: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``cells`` split into masks of ``batch_size`` cells each (the last fewer), in row-major order: the
+    batches ``Model.predict`` makes of the block's patches. Each is read as one region (``read_block``), so a
+    block of more than ``batch_size`` cells may differ by a grey level (bilinear resampling at region edges)
+    from the same block read whole; the default (16² cells, batch 256) reads every block whole."""
+    where = np.flatnonzero(cells)
+    masks = []
+    for start in range(0, len(where), batch_size):
+        mask = np.zeros(cells.size, bool)
+        mask[where[start : start + batch_size]] = True
+        masks.append(mask.reshape(cells.shape))
+    return masks or [cells]
