@@ -77,6 +77,16 @@ def add_quiet(p: Options) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
+def add_verbose(p: Options, log: str) -> None:
+    """``-v``/``--verbose``: what goes to the ``log`` file (library warnings, tracebacks) shown live too."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"show library warnings and tracebacks as they come (they always go to {log})",
+    )
+
+
 def print_error(prog: str, message: object) -> None:
     """``PROG: error: MESSAGE`` on stderr (an ``InputError`` reads ``FILE: problem``)."""
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from wsi_pipeline.cli.options import add_model_options, add_quiet, add_threshold, print_error, run_command
+from wsi_pipeline.cli.options import (
+    add_model_options,
+    add_quiet,
+    add_threshold,
+    add_verbose,
+    print_error,
+    run_command,
+)
+from wsi_pipeline.core.errors import ClusterError, InputError
+from wsi_pipeline.core.logs import LogRoute, run_header
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
 from wsi_pipeline.model.card import ENGINES, PRECISIONS
 from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions, SlideResult
@@ -23,6 +32,7 @@ from wsi_pipeline.slide.reader import BACKENDS
 DEFAULTS = ScoreOptions()
 SLURM_DEFAULTS = SlurmOptions()
 INTERRUPTED = "interrupted; the blocks written are kept: run again to resume"
+LOG = "wsi-score.log"  # in the output folder: library warnings and tracebacks, each run's appended
 
 
 def parser() -> argparse.ArgumentParser:
@@ -112,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
         help="no summary, GeoJSON, overlay or review sheet (the batch table is kept)",
     )
     add_quiet(p)
+    add_verbose(p, f"OUT/{LOG}")
     return p
 
 
@@ -211,9 +222,26 @@ def demonstration_warning(results: list[SlideResult]) -> str | None:
     )
 
 
-def score(args: argparse.Namespace) -> int:
-    """Score the slides as parsed; 1 when a slide failed."""
-    from wsi_pipeline.core.errors import InputError
+def score(args: argparse.Namespace, command: list[str]) -> int:
+    """Score the slides as parsed, ``command`` heading their part of ``OUT/wsi-score.log``; 1 when a slide
+    failed, or the run met an unexpected error (one line here, its traceback in the log)."""
+    log = LogRoute(Path(args.out) / LOG, verbose=args.verbose, prog="wsi-score", header=run_header(command))
+    log.install()
+    try:
+        return _score(args)
+    except (InputError, ClusterError, ValueError):
+        raise
+    except Exception as error:
+        if not log.log_failure("wsi-score stopped by an unexpected error", error):
+            raise
+        message = f"unexpected {type(error).__name__}: {error} (its traceback is in {log.route.path})"
+        print_error("wsi-score", message)
+        return 1
+    finally:
+        log.remove()
+
+
+def _score(args: argparse.Namespace) -> int:
     from wsi_pipeline.findings.reports import ReportOptions  # the scoring stack: loaded once parsed
     from wsi_pipeline.findings.summary import answer_parts
     from wsi_pipeline.scoring.api import score_slides
@@ -272,8 +300,9 @@ def score(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    return run_command("wsi-score", lambda: score(args), INTERRUPTED)
+    return run_command("wsi-score", lambda: score(args, ["wsi-score", *argv]), INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ sequence of models): each patch is scored by every member and the heatmap holds 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ from wsi_pipeline.scoring.planning import Member, ModelSpec, model_members, plan
 from wsi_pipeline.scoring.scheduler import Scheduler
 from wsi_pipeline.scoring.settling import Settle, cancelled_result, settle_alone, settle_in_batch
 from wsi_pipeline.scoring.slurm import SlurmOptions
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -130,6 +133,7 @@ def score_slides(
         reports.validate()
     members = int8_members(model_members(model, options), options, slide_paths)  # before any cluster starts
     make_output_folder(out_dir)  # before any slide is written into it
+    _log.info("scoring %d slides into %s", len(slide_paths), Path(out_dir).resolve())
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
     with contextlib.ExitStack() as stack:
         if client is None:

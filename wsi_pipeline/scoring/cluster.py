@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import dask
 
+from wsi_pipeline.core.logs import adopt_library_loggers, current_route
 from wsi_pipeline.scoring.options import SCHEDULERS_HELP
 from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
 
@@ -26,7 +27,8 @@ def dask_client(
     leaving the context.
 
     Args:
-        scheduler: ``local``, a local cluster of single-threaded worker processes; ``threads``, one
+        scheduler: ``local``, a local cluster of single-threaded worker processes (logging as this process
+            does, when a ``core.logs.LogRoute`` is installed); ``threads``, one
             in-process worker with threads; ``slurm``, worker jobs submitted to SLURM; or the
             ``tcp://HOST:PORT`` address of an existing cluster.
         n_workers: the local cluster's worker processes, or the in-process worker's threads; None: one per
@@ -42,6 +44,7 @@ def dask_client(
     """
     from distributed import Client, LocalCluster
 
+    adopt_library_loggers()  # distributed prints to the terminal by handlers it sets on import
     if slurm is not None and scheduler != "slurm":
         raise ValueError(f"SLURM options are for the slurm scheduler, not {scheduler!r}")
     workers = n_workers or os.cpu_count() or 1
@@ -53,6 +56,10 @@ def dask_client(
             ) as cluster,
             Client(cluster) as client,
         ):
+            if (route := current_route()) is not None:
+                from wsi_pipeline.scoring.worker_logs import RouteWorkerLogs
+
+                client.register_plugin(RouteWorkerLogs(route))
             yield client
     elif scheduler == "threads":
         with Client(

@@ -11,6 +11,7 @@ A slide the scheduler never settled (``stop`` was set first) is ``cancelled_resu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from wsi_pipeline.core.errors import InputError, output_fault, output_faults
 from wsi_pipeline.core.locks import LockedError
+from wsi_pipeline.core.logs import FILE_ONLY
 from wsi_pipeline.findings.reports import ReportOptions, current_summary, ensure_reports
 from wsi_pipeline.scoring.ledger import record_in_batch_table
 from wsi_pipeline.scoring.options import SlideResult
@@ -26,6 +28,8 @@ from wsi_pipeline.slide.find import slide_stamp
 from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.store.heatmap import read_record
 from wsi_pipeline.store.metadata import HeatmapRecord
+
+_log = logging.getLogger(__name__)
 
 Settle = Callable[[SlidePlan, "Exception | None"], SlideResult]
 """A settling policy: a slide's plan and its error (planning's or a block's, None when all went well) → its
@@ -149,8 +153,13 @@ def settle_alone(plan: SlidePlan, error: Exception | None, *, reports: ReportOpt
 
 
 def failed_result(plan: SlidePlan, error: Exception) -> SlideResult:
-    """A failed slide's result; its message is the error's (an ``InputError`` names the file and problem)."""
-    message = str(error) if isinstance(error, InputError) else f"{plan.path}: {type(error).__name__}: {error}"
+    """A failed slide's result; its message is the error's (an ``InputError`` names the file and problem). An
+    unexpected error's traceback is logged (to the log file only)."""
+    if isinstance(error, InputError):
+        message = str(error)
+    else:
+        message = f"{plan.path}: {type(error).__name__}: {error}"
+        _log.error("%s failed", plan.path, exc_info=error, extra=FILE_ONLY)
     return SlideResult(plan.path, "failed", None, message, seconds=time.monotonic() - plan.started)
 
 
