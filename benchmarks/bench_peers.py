@@ -13,11 +13,12 @@ and a synthetic lymph node written by ``wsi-synth slides`` (``--synthetic``, def
 Each tool runs once per slide as its command line does, with its defaults (wsi-score: a local cluster of one
 single-threaded worker per core, reports written; WSInfer: batch 32, 2 data-loading workers); wsi-score once
 per ``--precision``, int8 calibrated on the slide's own tissue (the first int8 run on a slide includes
-calibrating; later ones find it cached). The times are wall times of the whole process, start-up included.
-wsi-score's one-time ONNX export and engine race for the model are done (and cached) before its runs and timed
-apart. "Of which scoring" is WSInfer's inference loop (tqdm's time) and the time wsi-score's heatmap records
-for its run on the slide. Probabilities are compared on patches matched by their level-0 centres (WSInfer's
-CSV boxes; the heatmap's cells), within a quarter of a cell.
+calibrating; later ones find it cached). The times are wall times of the whole process, start-up included, and
+the CPU time of its whole process tree (which other users of the machine do not change: compare those when the
+last column says the machine was busy). wsi-score's one-time ONNX export and engine race for the model are
+done (and cached) before its runs and timed apart. "Of which scoring" is WSInfer's inference loop (tqdm's
+time) and the time wsi-score's heatmap records for its run on the slide. Probabilities are compared on patches
+matched by their level-0 centres (WSInfer's CSV boxes; the heatmap's cells), within a quarter of a cell.
 
 WSInfer is installed on first use in a venv of its own under ``<cache>/bench-peers/`` (``cache_dir()`` of
 ``core/files.py``), pinned with ``zarr<3 tiffslide<3`` and this environment's torch and torchvision, and run
@@ -33,6 +34,7 @@ import csv
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -173,30 +175,48 @@ def script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds of a command run to completion (its output kept quiet unless it fails), the cores
-    other processes used meanwhile, and its standard error."""
-    load, start = OtherLoad(), time.perf_counter()
+@dataclass(frozen=True)
+class Timed:
+    """A command run to completion."""
+
+    seconds: float  # wall
+    cpu_seconds: float  # of its whole process tree (its descendants end before it does)
+    other_cores: float  # CPU other processes used meanwhile
+    stderr: str
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> Timed:
+    """Run a command to completion, its output kept quiet unless it fails."""
+    load, start, cpu = OtherLoad(), time.perf_counter(), children_cpu_s()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds, others = time.perf_counter() - start, load.cores()
+    seconds, cpu, others = time.perf_counter() - start, children_cpu_s() - cpu, load.cores()
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return seconds, others, done.stderr
+    return Timed(seconds, cpu, others, done.stderr)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's descendants that have ended."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One tool's run on one slide: wall time and the tumour probability at each patch's level-0 centre."""
+    """One tool's run on one slide: its times and the tumour probability at each patch's level-0 centre."""
 
-    seconds: float
-    scoring_seconds: float  # of which reading and scoring: WSInfer's loop, wsi-score's run on the slide
-    other_cores: float  # CPU other processes used meanwhile
+    run: Timed
+    scoring_seconds: float  # of the wall time, WSInfer's loop or wsi-score's run on the slide
     centres_level0: np.ndarray  # float (N, 2): x, y
     probabilities: np.ndarray  # float (N,)
 
     @property
     def rate(self) -> float:
-        return len(self.probabilities) / self.seconds
+        return len(self.probabilities) / self.run.seconds
+
+    @property
+    def cpu_rate(self) -> float:
+        return len(self.probabilities) / self.run.cpu_seconds
 
 
 def run_wsinfer(command: Path, slide: Path, model: Path, workdir: Path) -> Scored:
@@ -206,28 +226,51 @@ def run_wsinfer(command: Path, slide: Path, model: Path, workdir: Path) -> Score
     (slides / slide.name).symlink_to(slide)
     arguments = ["run", "-i", str(slides), "-o", str(out), "-c", str(model / "config.json")]
     arguments += ["-p", str(model / "torchscript_model.pt")]
-    seconds, others, log = timed([str(command), *arguments], offline_env(workdir / "home"))
-    *_, (hours, minutes, secs) = re.findall(r"\[(?:(\d+):)?(\d+):(\d+)<", log)  # tqdm's last elapsed time
-    loop = 3600 * int(hours or 0) + 60 * int(minutes) + int(secs)
+    run = timed([str(command), *arguments], offline_env(workdir / "home"))
+    elapsed = re.findall(r"\[(?:(\d+):)?(\d+):(\d+)<", run.stderr)  # tqdm's bars: the longest is the loop
+    loop = max(3600 * int(hours or 0) + 60 * int(minutes) + int(secs) for hours, minutes, secs in elapsed)
     with open(out / "model-outputs-csv" / f"{slide.stem}.csv", newline="") as table:
         rows = list(csv.DictReader(table))
     boxes = np.array([[float(row[key]) for key in ("minx", "miny", "width", "height")] for row in rows])
     centres = boxes[:, :2] + boxes[:, 2:] / 2
     tumour = np.array([float(row[f"prob_{CLASS_NAMES[-1]}"]) for row in rows])
-    return Scored(seconds, loop, others, centres, tumour)
+    return Scored(run, loop, centres, tumour)
 
 
 def run_wsi_score(slide: Path, model: Path, workdir: Path, precision: str) -> Scored:
     """wsi-score with its defaults but ``--precision``, with its heatmap read back."""
     arguments = [str(slide), "-o", str(workdir), "--model", str(model), "--precision", precision, "-q"]
-    seconds, others, _ = timed([script("wsi-score"), *arguments])
+    run = timed([script("wsi-score"), *arguments])
     heatmap = read_heatmap(workdir / f"{slide.stem}.zarr")
     scored = ~np.isnan(heatmap.probabilities[-1])
     rows, cols = np.nonzero(scored)
     boxes = heatmap.grid.cell_boxes_level0(rows, cols)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     tumour = heatmap.probabilities[-1][scored].astype(np.float64)
-    return Scored(seconds, heatmap.metadata.seconds or 0.0, others, centres, tumour)
+    return Scored(run, heatmap.metadata.seconds or 0.0, centres, tumour)
+
+
+def table_row(first: list[str], scored: Scored, peer: Scored) -> str:
+    """A row of the table: ``first`` cells, then the run's patches, times and rates, and the rates' ratios
+    to WSInfer's (``peer``)."""
+    run = scored.run
+
+    def versus(mine: float, theirs: float) -> str:
+        return "" if scored is peer else f"{mine / theirs:.2f}×"
+
+    cells = [
+        *first,
+        f"{len(scored.probabilities):,}",
+        f"{run.seconds:.1f}",
+        f"{scored.scoring_seconds:.1f}",
+        f"{scored.rate:.0f}",
+        versus(scored.rate, peer.rate),
+        f"{run.cpu_seconds:.1f}",
+        f"{scored.cpu_rate:.0f}",
+        versus(scored.cpu_rate, peer.cpu_rate),
+        f"{run.other_cores:.2f}",
+    ]
+    return f"| {' | '.join(cells)} |"
 
 
 def agreement(ours: Scored, peer: Scored, cell_level0: float) -> str:
@@ -285,9 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         engine = choose_engine(ours_model)
         once = time.perf_counter() - start
         print(f"wsi-score's ONNX export and engine race, once per model and machine: {once:.1f} s ({engine})")
-        columns = "slide | level-0 px, µm/px | tool | wall s | of which scoring s | patches | patches/s | "
-        columns += "wsi-score / WSInfer | other processes, cores"
-        print(f"\n| {columns} |\n|{' --- |' * 3}{' ---: |' * 6}")
+        columns = "slide | level-0 px, µm/px | tool | patches | wall s | of which scoring | patches/s | "
+        columns += "vs WSInfer | CPU s | patches/CPU-s | vs WSInfer | other processes, cores"
+        print(f"\n| {columns} |\n|{' --- |' * 3}{' ---: |' * 9}")
         notes = []
         for index, (name, slide) in enumerate(slides.items()):
             with Slide(slide) as opened:
@@ -297,15 +340,10 @@ def main(argv: list[str] | None = None) -> None:
                 out = workdir / f"wsi-score-{index}-{precision}"
                 runs[f"wsi-score {precision}"] = run_wsi_score(slide, ours_model, out, precision)
             peer = runs["WSInfer 0.6.1"]
-            for tool, run in runs.items():
-                ratio = f"{run.rate / peer.rate:.2f}×" if run is not peer else ""
-                print(
-                    f"| {name} | {extent} | {tool} | {run.seconds:.1f} | {run.scoring_seconds:.1f} | "
-                    f"{len(run.probabilities):,} | {run.rate:.0f} | {ratio} | {run.other_cores:.2f} |",
-                    flush=True,
-                )
-                if run is not peer:
-                    notes.append(f"{name}, {tool}: {agreement(run, peer, PATCH_PX * MODEL_MPP / mpp)}")
+            for tool, scored in runs.items():
+                print(table_row([name, extent, tool], scored, peer), flush=True)
+                if scored is not peer:
+                    notes.append(f"{name}, {tool}: {agreement(scored, peer, PATCH_PX * MODEL_MPP / mpp)}")
         print("\nProbabilities (tumour), wsi-score vs WSInfer:")
         for note in notes:
             print(f"- {note}")
