@@ -5,12 +5,12 @@ queue of at most ``depth`` batches (so memory stays bounded when reading outruns
 thread takes batches as they come and scores them while the readers go on. Results are returned in job
 order, whatever order they were read in, so the output is that of running the jobs and the scoring one
 after the other. On CUDA the batches are copied to pinned (page-locked) memory by the readers, so the model
-thread's ``non_blocking`` copies to the device do not wait on the host.
+thread's ``non_blocking`` copies to the device do not wait on the host. CPU workers, whose one core does
+both, read and score serially.
 
 The reading that a thread does (decoding JPEG tiles in OpenSlide, resampling in PIL or OpenCV) and the
-model's forward pass (torch and ONNX Runtime) release the GIL, so the two overlap even on one core's worth
-of Python: the time of a block is close to the larger of the two, not their sum (``benchmarks/
-bench_overlap.py``).
+model's forward pass (torch and ONNX Runtime) release the GIL, so while the model runs on a GPU a block takes
+about the longer of the two times, not their sum (``benchmarks/bench_overlap.py``, with a stand-in model).
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ class Overlap:
     depth: int
 
 
-CPU_OVERLAP = Overlap(readers=1, depth=2)  # a CPU worker has one core: one reader beside the model
-CUDA_OVERLAP = Overlap(readers=3, depth=4)  # not yet measured on a GPU: enough readers to feed it
 SERIAL = Overlap(readers=0, depth=0)
+# a CPU worker has one core, which reading and the model share: a reader thread beside the model made the
+# bundled model 0.69-0.95x as fast under ``taskset -c 0`` (benchmarks/bench_overlap.py), so none
+CPU_OVERLAP = SERIAL
+CUDA_OVERLAP = Overlap(readers=3, depth=4)  # not yet run on a GPU: enough readers to keep it fed
 
 
 def overlap_for(device: torch.device) -> Overlap:
@@ -51,9 +53,7 @@ def pinned(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch)).pin_memory()
 
 
-def run_overlapped(
-    reads: Sequence[Callable[[], T]], score: Callable[[T], R], overlap: Overlap = CPU_OVERLAP
-) -> list[R]:
+def run_overlapped(reads: Sequence[Callable[[], T]], score: Callable[[T], R], overlap: Overlap) -> list[R]:
     """``[score(read()) for read in reads]``, with the reads run ahead on ``overlap.readers`` threads.
 
     Args:
