@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A single-node SLURM on this machine, for the slurm tests (pytest -m slurm): munge and SLURM from Debian's
 # packages, this host (all its cores, 3/4 of its memory, two GPU slots) the one node of partition "cpu".
+# (Cores from getconf: nproc answers OMP_NUM_THREADS, which Dask sets in the processes that start workers.)
 # The GPU slots have no devices behind them (gres without File): a job asking --gres=gpu:N gets N slots, so
 # the layout of GPU jobs can be tested on a machine without GPUs.
 # Idempotent: a SLURM that answers is left as it is (ours only brought up to date), and only what is missing
@@ -41,7 +42,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 GresTypes=gpu
-NodeName=$HOST CPUs=$(nproc) RealMemory=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 3 / 4096)) Gres=gpu:2 State=UNKNOWN
+NodeName=$HOST CPUs=$(getconf _NPROCESSORS_ONLN) RealMemory=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 3 / 4096)) Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 }

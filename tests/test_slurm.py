@@ -4,13 +4,16 @@ heatmaps, jobs cancelled when a run ends or is interrupted, a lost job submitted
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from .conftest import CLUSTER_BLOCK_CELLS, REPO
 
 START_SLURM = REPO / ".ci" / "start_slurm.sh"
 PARTITION = "cpu"  # the partition start_slurm.sh makes
+TURN = Path(tempfile.gettempdir()) / "wsi_pipeline-slurm-tests.lock"  # held while a session's slurm tests run
 ENVIRONMENT = {name: str(value) for name, value in WORKER_ENVIRONMENT.items()}
 
 
@@ -47,14 +51,25 @@ def slurm(test):
 
 
 @pytest.fixture(scope="module")
-def running_slurm() -> None:
-    """SLURM answering on this machine, started by .ci/start_slurm.sh when needed; the tests are skipped only
-    where it cannot be (not root, no apt-get), failed where it should have been."""
+def running_slurm() -> Iterator[None]:
+    """SLURM answering on this machine, started by .ci/start_slurm.sh when needed, and this module's alone
+    meanwhile (test sessions running at once on this machine take turns: each needs both cores); the tests
+    are skipped only where it cannot be started (not root, no apt-get), failed where it should have been."""
     run = subprocess.run(["bash", str(START_SLURM)], capture_output=True, text=True, timeout=900)
     if run.returncode != 0:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             pytest.skip(f"no SLURM here and none can be started: {run.stderr.strip()}")
         pytest.fail(f"{START_SLURM} failed: {run.stderr.strip()}")
+    with open(TURN, "a") as turn:
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"another test session held {TURN} for 15 minutes"
+                time.sleep(0.5)
+        yield
 
 
 def wsi_score(*args: object) -> list[str]:
@@ -66,8 +81,15 @@ def wsi_score(*args: object) -> list[str]:
 
 
 def slurm_args(tmp_path: Path) -> list[object]:
-    """Two one-core jobs on loopback (so nothing leaves this machine), their output in tmp_path/jobs."""
-    return ["--scheduler", "slurm", "--jobs", 2, "--job-log-dir", tmp_path / "jobs", "--interface", "lo"]
+    """Two one-core jobs on loopback (so nothing leaves this machine), their output in tmp_path/jobs, tagged
+    with tmp_path."""
+    jobs = ["--scheduler", "slurm", "--jobs", 2, "--job-log-dir", tmp_path / "jobs", "--interface", "lo"]
+    return [*jobs, f"--sbatch={tag(tmp_path)}"]
+
+
+def tag(tmp_path: Path) -> str:
+    """The #SBATCH option that marks a test's jobs (their comment: the test's own folder)."""
+    return f"--comment={tmp_path}"
 
 
 def job_ids(log_dir: Path) -> set[str]:
@@ -75,18 +97,23 @@ def job_ids(log_dir: Path) -> set[str]:
     return {path.stem.rsplit("-", 1)[1] for path in log_dir.glob(f"{JOB_NAME}-*.err")}
 
 
-def queued(ids: set[str]) -> set[str]:
-    """Those of ``ids`` still in squeue (pending, running or completing)."""
-    listed = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
-    return ids & set(listed.split())
+def queued(tmp_path: Path) -> set[str]:
+    """The jobs of the test of ``tmp_path`` in squeue: pending, running or completing."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True, check=True
+    ).stdout
+    return {
+        line.split(" ", 1)[0] for line in listed.splitlines() if line.split(" ", 1)[1:] == [str(tmp_path)]
+    }
 
 
-def wait_until_gone(ids: set[str], timeout_s: float = 30.0) -> set[str]:
-    """Those of ``ids`` still queued after ``timeout_s`` (a cancelled job completes in a moment)."""
+def wait_until_gone(tmp_path: Path, timeout_s: float = 30.0) -> set[str]:
+    """The jobs of the test of ``tmp_path`` still queued after ``timeout_s`` (a cancelled job completes in a
+    moment)."""
     deadline = time.monotonic() + timeout_s
-    while queued(ids) and time.monotonic() < deadline:
+    while queued(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return queued(ids)
+    return queued(tmp_path)
 
 
 # options, config file and job script: no SLURM needed
@@ -238,7 +265,7 @@ def test_two_jobs_give_the_local_heatmaps_and_are_gone_after(
         np.testing.assert_array_equal(heatmap.probabilities, cluster_references[slide.stem])
     ids = job_ids(tmp_path / "jobs")
     assert len(ids) == 2
-    assert wait_until_gone(ids) == set()
+    assert wait_until_gone(tmp_path) == set()
 
 
 @slurm
@@ -273,7 +300,7 @@ def test_an_interrupted_run_cancels_its_jobs_and_resumes(tmp_path, capsys, clust
     assert err.endswith("wsi-score: interrupted; the blocks written are kept: run again to resume\n")
     ids = job_ids(tmp_path / "jobs")
     assert len(ids) == 2
-    assert wait_until_gone(ids) == set()
+    assert wait_until_gone(tmp_path) == set()
     assert not read_heatmap(out / "a.zarr").complete
     if sig == signal.SIGTERM:
         assert main([*map(str, args), "--scheduler", "threads"]) == 0
@@ -287,7 +314,13 @@ def test_a_lost_job_is_submitted_again_and_workers_get_the_local_environment(tmp
     import dask
 
     options = SlurmOptions(
-        partition=PARTITION, jobs=2, memory="2GB", walltime="00:10:00", log_dir=str(tmp_path), interface="lo"
+        partition=PARTITION,
+        jobs=2,
+        memory="2GB",
+        walltime="00:10:00",
+        log_dir=str(tmp_path),
+        interface="lo",
+        sbatch=(tag(tmp_path),),
     )
     # the cluster gives a lost worker's job up after this long (15 s by default)
     with (
@@ -306,8 +339,8 @@ def test_a_lost_job_is_submitted_again_and_workers_get_the_local_environment(tmp
         while len(job_ids(tmp_path)) < 3 or len(client.nthreads()) < 2:
             assert time.monotonic() < deadline, "the lost job was not replaced"
             time.sleep(0.2)
-        assert lost not in queued(first)
-    assert wait_until_gone(job_ids(tmp_path)) == set()
+        assert lost not in queued(tmp_path)
+    assert wait_until_gone(tmp_path) == set()
 
 
 @slurm
@@ -315,14 +348,20 @@ def test_a_gpu_job_runs_a_worker_per_gpu_each_seeing_its_own(tmp_path):
     """The test SLURM's node has two GPU slots (no devices behind them): a job of two cores and two GPUs runs
     two single-threaded workers, each seeing one of the job's GPUs."""
     options = SlurmOptions(
-        partition=PARTITION, cores=2, gres="gpu:2", memory="2GB", log_dir=str(tmp_path), interface="lo"
+        partition=PARTITION,
+        cores=2,
+        gres="gpu:2",
+        memory="2GB",
+        log_dir=str(tmp_path),
+        interface="lo",
+        sbatch=(tag(tmp_path),),
     )
     with dask_client(scheduler="slurm", slurm=options) as client:
         client.wait_for_workers(2, timeout=120)
         seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
         threads = client.nthreads()
     assert sorted(seen.values()) == ["0", "1"] and list(threads.values()) == [1, 1]
-    assert wait_until_gone(job_ids(tmp_path)) == set()
+    assert wait_until_gone(tmp_path) == set()
 
 
 @slurm
@@ -335,4 +374,4 @@ def test_a_partition_slurm_refuses_is_one_line_and_submits_nothing(
         "wsi-score: error: SLURM refused the worker job: invalid partition specified: no-such-partition; "
         "allocation failure: Invalid partition name specified\n"
     )
-    assert job_ids(tmp_path / "jobs") == set()
+    assert job_ids(tmp_path / "jobs") == set() and queued(tmp_path) == set()
