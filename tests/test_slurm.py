@@ -87,6 +87,18 @@ def slurm_args(tmp_path: Path) -> list[object]:
     return [*jobs, f"--sbatch={tag(tmp_path)}"]
 
 
+def jobs_of(tmp_path: Path, **options: object) -> SlurmOptions:
+    """``options`` for the jobs of the test of ``tmp_path``: on loopback, their output in tmp_path, tagged."""
+    return SlurmOptions(
+        partition=PARTITION,
+        memory="2GB",
+        log_dir=str(tmp_path),
+        interface="lo",
+        sbatch=(tag(tmp_path),),
+        **options,
+    )
+
+
 def tag(tmp_path: Path) -> str:
     """The #SBATCH option that marks a test's jobs (their comment: the test's own folder)."""
     return f"--comment={tmp_path}"
@@ -313,15 +325,7 @@ def test_a_lost_job_is_submitted_again_and_workers_get_the_local_environment(tmp
     has one BLAS/OpenMP thread and no MALLOC_TRIM_THRESHOLD_, as the local cluster's."""
     import dask
 
-    options = SlurmOptions(
-        partition=PARTITION,
-        jobs=2,
-        memory="2GB",
-        walltime="00:10:00",
-        log_dir=str(tmp_path),
-        interface="lo",
-        sbatch=(tag(tmp_path),),
-    )
+    options = jobs_of(tmp_path, jobs=2)
     # the cluster gives a lost worker's job up after this long (15 s by default)
     with (
         dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}),
@@ -347,15 +351,7 @@ def test_a_lost_job_is_submitted_again_and_workers_get_the_local_environment(tmp
 def test_a_gpu_job_runs_a_worker_per_gpu_each_seeing_its_own(tmp_path):
     """The test SLURM's node has two GPU slots (no devices behind them): a job of two cores and two GPUs runs
     two single-threaded workers, each seeing one of the job's GPUs."""
-    options = SlurmOptions(
-        partition=PARTITION,
-        cores=2,
-        gres="gpu:2",
-        memory="2GB",
-        log_dir=str(tmp_path),
-        interface="lo",
-        sbatch=(tag(tmp_path),),
-    )
+    options = jobs_of(tmp_path, cores=2, gres="gpu:2")
     with dask_client(scheduler="slurm", slurm=options) as client:
         client.wait_for_workers(2, timeout=120)
         seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
