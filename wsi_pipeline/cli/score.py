@@ -210,7 +210,8 @@ def demonstration_warning(results: list[SlideResult]) -> str | None:
     from wsi_pipeline.findings.summary import REAL_MODEL, category_assessed
     from wsi_pipeline.store.heatmap import read_record
 
-    records = [read_record(result.heatmap) for result in results if result.status in ("ok", "skipped")]
+    kept = ("ok", "partial", "skipped")
+    records = [read_record(result.heatmap) for result in results if result.status in kept]
     flagged = [record for record in records if not category_assessed(record)]
     if not flagged:
         return None

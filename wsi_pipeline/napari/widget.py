@@ -234,6 +234,10 @@ class ScoreWidget(QWidget):
     def _on_returned(self, result: SlideResult) -> None:
         if result.status == "ok":
             self.status.setText(f"Done: {result.heatmap} (summary, GeoJSON and overlay beside it)")
+        elif result.status == "partial":  # cells whose pixels no pyramid level could decode
+            self._show_heatmap(result.heatmap)
+            self.update_regions()
+            self.status.setText(f"Done but for damaged tiles: {result.heatmap}; {result.message}")
         elif result.status == "skipped":
             self._show_heatmap(result.heatmap)
             self.update_regions()

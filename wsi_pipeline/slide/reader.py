@@ -207,23 +207,18 @@ class Slide:
         return window.resample(self.read_window(window))
 
     def read_in_parts(
-        self,
-        x0_out: float,
-        y0_out: float,
-        width_out: int,
-        height_out: int,
-        mpp_out: float,
-        parts: Sequence[tuple[int, int, int, int]],
+        self, box: tuple[float, float, int, int, float], parts: Sequence[tuple[int, int, int, int]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``read_at_mpp`` of a box whose level pixels cannot be decoded as one region: the pixels under each
-        part (an output box ``x, y, width, height`` from the box's corner) are read alone, and the region they
-        make up is resampled as a whole, so each part read is exactly as ``read_at_mpp`` gives it.
+        """``read_at_mpp(*box)`` of a box whose level pixels cannot be decoded as one region: the pixels under
+        each part (an output box ``x, y, width, height`` from the box's corner) are read alone, and the region
+        they make up is resampled as a whole, so each part read is exactly as ``read_at_mpp`` gives it.
 
         Returns:
             The box's pixels (those of parts that could not be read are undefined) and, per part, whether
             its pixels could not be decoded.
         """
-        window = self.window(x0_out, y0_out, width_out, height_out, mpp_out, None)
+        x0_out, y0_out, _, _, mpp_out = box
+        window = self.window(*box, None)
         region = np.full((window.height, window.width, 3), 255, np.uint8)
         unreadable = np.zeros(len(parts), bool)
         for index, (x, y, width, height) in enumerate(parts):
@@ -279,7 +274,7 @@ class Slide:
                     for py in range(0, h, side)
                     for px in range(0, w, side)
                 ]
-                out[y : y + h, x : x + w], failed = self.read_in_parts(x, y, w, h, mpp_out, pieces)
+                out[y : y + h, x : x + w], failed = self.read_in_parts((x, y, w, h, mpp_out), pieces)
                 for px, py, pw, ph in itertools.compress(pieces, failed):
                     pixels = self.read_elsewhere(x + px, y + py, pw, ph, mpp_out)
                     out[y + py : y + py + ph, x + px : x + px + pw] = 255 if pixels is None else pixels

@@ -47,7 +47,7 @@ def read_block(slide: Slide, grid: PatchGrid, block: Block, cells: np.ndarray) -
         region, failed = slide.read_at_mpp(*box), np.zeros(len(where), bool)
     except UnreadablePixelsError:
         step, side = grid.stride, grid.patch_size
-        region, failed = slide.read_in_parts(*box, [(c * step, r * step, side, side) for r, c in where])
+        region, failed = slide.read_in_parts(box, [(c * step, r * step, side, side) for r, c in where])
     patches = cut_patches(region, grid.patch_size, grid.stride)[: part.n_rows, : part.n_cols][wanted]
     x0_target, y0_target = box[:2]
     for index in np.flatnonzero(failed):
