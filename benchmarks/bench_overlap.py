@@ -37,7 +37,7 @@ from wsi_pipeline.tiling.grid import Block, plan_grid
 from wsi_pipeline.tiling.patches import read_block
 
 SAMPLE = Path(__file__).parents[1] / "sample_slides" / "CMU-1-Small-Region.svs"
-OVERLAP = Overlap(readers=1, depth=2)
+OVERLAP = Overlap(readers=1, depth=2, batch_regions=True)
 
 
 def rate(reads: list[Callable[[], object]], score: Callable[[object], object], overlap: Overlap) -> float:

@@ -20,12 +20,13 @@ from wsi_pipeline.scoring.pipeline import SERIAL, Overlap, run_overlapped
 from wsi_pipeline.scoring.planning import tissue_cells
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.tiling.grid import plan_grid, split_blocks
+from wsi_pipeline.tiling.patches import read_block
 
 SAMPLE = Path(__file__).parents[1] / "sample_slides" / "CMU-1-Small-Region.svs"
 READ_S, SCORE_S = 0.03, 0.03
 
 
-@pytest.mark.parametrize("overlap", [Overlap(1, 2), Overlap(3, 1)])
+@pytest.mark.parametrize("overlap", [Overlap(1, 2, True), Overlap(3, 1, True)])
 def test_batches_are_scored_while_later_ones_are_read_and_come_back_in_order(overlap: Overlap) -> None:
     guard, reads_done, scores_started = threading.Lock(), [], []
 
@@ -65,7 +66,7 @@ def test_a_failed_read_is_raised_and_the_readers_stop() -> None:
 
     before = threading.active_count()
     with pytest.raises(OSError, match="cannot decode"):
-        run_overlapped([lambda: 1, bad, *[lambda: 1] * 10], lambda x: x, Overlap(2, 1))
+        run_overlapped([lambda: 1, bad, *[lambda: 1] * 10], lambda x: x, Overlap(2, 1, True))
     assert threading.active_count() == before
 
 
@@ -79,7 +80,7 @@ def test_block_scores_on_a_real_slide_are_bit_identical_to_the_serial_path(monke
     model = worker.ModelSource(str(folder), file_sha256(folder / card.weights), "cpu", "torch")
     batch_size = 16  # the sample's 71 tissue cells in 5 batches
 
-    def scores(overlap: Overlap) -> list[tuple[np.ndarray, np.ndarray]]:
+    def scores(overlap: Overlap, batch_size: int = batch_size) -> list[tuple[np.ndarray, np.ndarray]]:
         monkeypatch.setattr(worker, "overlap_for", lambda device: overlap)
         results = []
         for block in split_blocks(cells.shape, 16):
@@ -89,8 +90,19 @@ def test_block_scores_on_a_real_slide_are_bit_identical_to_the_serial_path(monke
             results.append((out, labels))
         return results
 
-    serial, overlapped = scores(SERIAL), scores(Overlap(2, 2))
+    # the same batch regions read by this thread alone, then by two readers ahead of the model
+    serial, overlapped = scores(Overlap(0, 0, True)), scores(Overlap(2, 2, True))
     assert sum(int(np.isfinite(out[0]).sum()) for out, _ in serial) == cells.sum()
     for (out_serial, labels_serial), (out, labels) in zip(serial, overlapped, strict=True):
         assert out.tobytes() == out_serial.tobytes()
         assert np.array_equal(labels, labels_serial)
+
+    # a CPU worker reads each block as one region, whatever the batch size
+    regions = []
+    monkeypatch.setattr(worker, "read_block", lambda *args: regions.append(args[3]) or read_block(*args))
+    whole = scores(SERIAL)
+    assert [mask.tolist() for mask in regions] == [
+        cells[block.cells].tolist() for block in split_blocks(cells.shape, 16)
+    ]
+    for (out_whole, _), (out, _) in zip(whole, scores(SERIAL, batch_size=256), strict=True):
+        np.testing.assert_allclose(out, out_whole, atol=1e-6)  # the engine's rounding differs by batch size

@@ -30,17 +30,21 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Overlap:
-    """Reader threads and the most batches read ahead of the model (0 readers: read then score, serially)."""
+    """Reader threads and the most batches read ahead of the model (0 readers: read then score, serially),
+    and whether a block is read as one region per batch (readers need batches to read ahead) or as a whole."""
 
     readers: int
     depth: int
+    batch_regions: bool
 
 
-SERIAL = Overlap(readers=0, depth=0)
+SERIAL = Overlap(readers=0, depth=0, batch_regions=False)
 # a CPU worker has one core, which reading and the model share: a reader thread beside the model made the
-# bundled model 0.69-0.95x as fast under ``taskset -c 0`` (benchmarks/bench_overlap.py), so none
+# bundled model 0.69-0.95x as fast under ``taskset -c 0`` (benchmarks/bench_overlap.py), so none; it reads
+# each block as one region, so its heatmap does not depend on the batch size
 CPU_OVERLAP = SERIAL
-CUDA_OVERLAP = Overlap(readers=3, depth=4)  # not yet run on a GPU: enough readers to keep it fed
+# not yet run on a GPU: enough readers to keep it fed
+CUDA_OVERLAP = Overlap(readers=3, depth=4, batch_regions=True)
 
 
 def overlap_for(device: torch.device) -> Overlap:

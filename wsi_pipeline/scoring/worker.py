@@ -167,8 +167,9 @@ def score_block(
     batch_size: int,
     tta: bool = False,
 ) -> tuple[Block, np.ndarray, np.ndarray, str, tuple[str, ...]]:
-    """Score a block's tissue cells (the Dask task): the patches are read once and scored by each model, in
-    batches of ``batch_size`` cells (row-major), the next batches read while one is scored (``pipeline``).
+    """Score a block's tissue cells (the Dask task): the patches are read once and scored by each model in
+    batches of ``batch_size``. A CPU worker reads the block as one region; a CUDA worker reads it in regions
+    of ``batch_size`` cells (row-major), the next ones while one is scored (``pipeline``).
 
     Args:
         slide: how to open the slide.
@@ -205,7 +206,9 @@ def score_block(
 
             return read_batch
 
-        run_overlapped([reader(part) for part in batch_masks(cells, batch_size)], score, overlap_for(device))
+        overlap = overlap_for(device)
+        parts = batch_masks(cells, batch_size) if overlap.batch_regions else [cells]
+        run_overlapped([reader(part) for part in parts], score, overlap)
     kinds = [elsewhere, read, cells]
     labels = np.select(kinds, [OTHER_LEVEL, TISSUE, UNREADABLE], BACKGROUND).astype(np.uint8)
     return block, out, labels, str(loaded[0].device), tuple(model.engine for model in loaded)
@@ -213,9 +216,10 @@ def score_block(
 
 def batch_masks(cells: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """``cells`` split into masks of ``batch_size`` cells each (the last fewer), in row-major order: the
-    batches ``Model.predict`` makes of the block's patches. Each is read as one region (``read_block``), so a
-    block of more than ``batch_size`` cells may differ by a grey level (bilinear resampling at region edges)
-    from the same block read whole; the default (16² cells, batch 256) reads every block whole."""
+    batches ``Model.predict`` makes of the block's patches, each read as one region (``read_block``) by a
+    worker that reads ahead (``Overlap.batch_regions``): its scores may differ by a grey level (bilinear
+    resampling at region edges) from the same block read whole, unless the block has at most ``batch_size``
+    cells (the default: 16² cells, batch 256)."""
     where = np.flatnonzero(cells)
     masks = []
     for start in range(0, len(where), batch_size):
