@@ -163,8 +163,18 @@ def test_unreadable_model_folder(tmp_path, capsys, good_slide, probe_model, brok
 
 @pytest.mark.slow
 def test_local_process_cluster_matches_in_process_run(tmp_path, capsys, probe_model):
-    """The default scheduler (worker processes) gives the same heatmap as the in-process one."""
-    assert main([str(CMU_SLIDE), "-o", str(tmp_path / "procs"), "--model", str(probe_model), "-q"]) == 0
+    """The local cluster (worker processes, which load the model as they start) gives the same heatmap as the
+    in-process one."""
+    args = [
+        str(CMU_SLIDE),
+        "-o",
+        str(tmp_path / "procs"),
+        "--model",
+        str(probe_model),
+        "--scheduler",
+        "local",
+    ]
+    assert main([*args, "-q"]) == 0
     code, _, err = run_cli(capsys, CMU_SLIDE, "-o", tmp_path / "threads", "--model", probe_model)
     assert code == 0, err
     by_processes = read_heatmap(tmp_path / "procs" / "CMU-1-Small-Region.zarr")

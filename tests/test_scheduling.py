@@ -3,8 +3,10 @@ block failing its slide alone, ``score_slide`` raising what ``score_slides`` rep
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -129,3 +131,67 @@ def test_stop_cancels_resumably_and_the_next_run_resumes(slide, probe_model, cli
     assert resumed.status == "ok" and "resumed: 1 of " in resumed.message
     assert events[0].blocks_kept == 1 and len(events) > 2
     assert events[0].patches == sum(event.patches for event in events[1:]) == resumed.patches
+
+
+def test_the_cluster_starts_while_the_first_slide_is_planned(slide, probe_model, tmp_path, monkeypatch):
+    """``score_slides`` asks for its cluster once planning has begun: the first slide's heatmap is locked
+    (planning's first step) while the cluster is being started."""
+    from wsi_pipeline.scoring import api
+
+    started = api.dask_client
+    seen: list[bool] = []
+
+    def dask_client(**kwargs):
+        lock = lock_path(tmp_path / "out" / "s.zarr")
+        deadline = time.monotonic() + 20
+        while not lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(lock.exists())
+        return started(**kwargs)
+
+    monkeypatch.setattr(api, "dask_client", dask_client)
+    results = score_slides([slide], probe_model, tmp_path / "out", options=OPTIONS, scheduler="threads")
+    assert seen == [True] and [r.status for r in results] == ["ok"]
+
+
+@pytest.mark.parametrize(("process_cores", "chosen"), [(5, "threads"), (2, "local")])
+def test_auto_picks_threads_or_processes_from_the_work_planned(
+    slide, probe_model, tmp_path, monkeypatch, caplog, process_cores, chosen
+):
+    """``auto`` counts the first slide's patches: with the thresholds lowered so that this slide
+    is a large job (86 patches against 60), 2 workers get threads below 5 cores and processes from 2."""
+    from wsi_pipeline.scoring import cluster
+
+    monkeypatch.setattr(cluster, "AUTO_PROCESS_PATCHES", 60)
+    monkeypatch.setattr(cluster, "AUTO_PROCESS_CORES", process_cores)
+    with caplog.at_level(logging.INFO, logger="wsi_pipeline.scoring.api"):
+        results = score_slides(
+            [slide], probe_model, tmp_path, options=OPTIONS, n_workers=2, show_progress=False
+        )
+    assert [r.status for r in results] == ["ok"] and results[0].patches == 86
+    assert f"scheduler auto: {chosen} for about 86 patch scores" in caplog.text
+
+
+def _loaded_models() -> list[str]:
+    """The folders of the models this worker process holds loaded (run on a worker)."""
+    from wsi_pipeline.scoring import worker
+
+    return [
+        entry.value.card.name for entry in worker._models.values() if entry.ready.is_set() and entry.value
+    ]
+
+
+@pytest.mark.slow
+def test_worker_processes_load_the_models_as_they_start_before_any_block(probe_model):
+    from wsi_pipeline.scoring.cluster import dask_client
+    from wsi_pipeline.scoring.worker_plugins import PreloadModels
+
+    (member,) = model_members(probe_model, OPTIONS)
+    with dask_client(scheduler="local", n_workers=2) as client:
+        client.register_plugin(PreloadModels((member.source,)))
+        deadline = time.monotonic() + 60
+        while (loaded := client.run(_loaded_models)) and time.monotonic() < deadline:
+            if all(loaded.values()):
+                break
+            time.sleep(0.1)
+    assert list(loaded.values()) == [[member.card.name]] * 2

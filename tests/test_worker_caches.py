@@ -86,11 +86,11 @@ def ledger(monkeypatch) -> Iterator[Ledger]:
             return pixels
 
     class TrackedModel(Model):
-        def __init__(self, folder, device, engine, *precision) -> None:
+        def __init__(self, folder, device, engine, *precision, **options) -> None:
             with ledger.guard:
                 ledger.loads[(str(folder), engine)] += 1
             time.sleep(10 * WIDEN_S)
-            super().__init__(folder, device, engine, *precision)
+            super().__init__(folder, device, engine, *precision, **options)
 
     monkeypatch.setattr(worker, "Slide", TrackedSlide)
     monkeypatch.setattr(worker, "Model", TrackedModel)

@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULTS.block_cells,
         help="grid cells per block side: one read and one task each (default %(default)s)",
     )
-    p.add_argument("--scheduler", default="local", help=SCHEDULERS_HELP)
+    p.add_argument("--scheduler", default="auto", help=SCHEDULERS_HELP)
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
     add_slurm_options(p)
     p.add_argument(

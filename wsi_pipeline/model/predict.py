@@ -55,6 +55,9 @@ class Model:
     calibrated): the cached model is then used as it is, and its absence is an error. ``precision`` says
     which runs, ``calibration_sha256`` what int8 was calibrated on.
 
+    ``threads``: the intra-op threads of its ONNX Runtime sessions (None: torch's count); scoring workers
+    give one, each of their threads being one core.
+
     Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
     """
 
@@ -65,6 +68,7 @@ class Model:
         engine: str = "torch",
         precision: str = "float32",
         calibration: np.ndarray | str | None = None,
+        threads: int | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -81,6 +85,7 @@ class Model:
         self.weights_path = self.folder / self.card.weights
         self.weights_sha256 = file_sha256(self.weights_path)
         self.device = device
+        self.threads = threads or torch.get_num_threads()  # of its ONNX Runtime sessions
         module = load_module(self.weights_path, self.card)
         self.module = module.eval().to(device, memory_format=torch.channels_last)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
@@ -185,7 +190,7 @@ class Model:
             model, agreement = found or self._calibrate(calibration, export_key, path)
             if not agreement.acceptable:
                 raise ValueError(f"int8 differs from float32: {agreement}")
-            engine = onnx_engine.OnnxEngine(model, torch.get_num_threads())
+            engine = onnx_engine.OnnxEngine(model, self.threads)
         except Exception as error:  # not installed, quantization failed, or wrong numbers
             if named:
                 raise RuntimeError(f"{self.folder}: no int8 model ({summarise_error(error)})") from error
@@ -205,7 +210,7 @@ class Model:
         side = self.input_side
         float_model, _ = onnx_engine.cached_export(self.module, (3, side, side), export_key)
         model = quantize.quantize(float_model, x[:fit].numpy())
-        int8 = onnx_engine.OnnxEngine(model, torch.get_num_threads())
+        int8 = onnx_engine.OnnxEngine(model, self.threads)
         held_out = (probabilities(run(x[fit:]), self.card.output) for run in (self._torch_logits, int8))
         agreement = Agreement.of(*(probs.numpy() for probs in held_out))
         with contextlib.suppress(OSError):
@@ -218,14 +223,12 @@ class Model:
         card, side, path = self.card, self.input_side, None
         try:
             key = self._export_key()
-            # one intra-op thread per Dask worker, as torch there (its workers set OMP_NUM_THREADS=1)
-            threads = torch.get_num_threads()
-            choice = onnx_engine.choice_path(key, threads)
+            choice = onnx_engine.choice_path(key, self.threads)
             known = faster_engine(choice) if measure else "onnxruntime"
             if known == "torch":
                 return
             data, path = onnx_engine.cached_export(self.module, (3, side, side), key)
-            engine = onnx_engine.OnnxEngine(data, threads)
+            engine = onnx_engine.OnnxEngine(data, self.threads)
             x = self._random_inputs(CHECK_PATCHES)
             reference, result = (probabilities(run(x), card.output) for run in (self._torch_logits, engine))
             difference = float((reference - result).abs().max())

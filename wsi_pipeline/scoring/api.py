@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from wsi_pipeline.core.files import make_output_folder
 from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
 from wsi_pipeline.scoring.calibration import int8_members
-from wsi_pipeline.scoring.cluster import dask_client
+from wsi_pipeline.scoring.cluster import choose_scheduler, dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, ScoringEvent, SlideResult
 from wsi_pipeline.scoring.planning import Member, ModelSpec, model_members, plan_slide
 from wsi_pipeline.scoring.scheduler import Scheduler
@@ -74,7 +75,7 @@ def score_slide(
     make_output_folder(out_dir)
     settle = partial(settle_alone, reports=reports)
     (result,) = _score(
-        client,
+        lambda scheduler: contextlib.nullcontext(client),
         [slide_path],
         members,
         out_dir,
@@ -93,7 +94,7 @@ def score_slides(
     out_dir: str | Path,
     *,
     options: ScoreOptions = ScoreOptions(),
-    scheduler: str = "local",
+    scheduler: str = "auto",
     n_workers: int | None = None,
     slurm: SlurmOptions | None = None,
     client: Client | None = None,
@@ -111,7 +112,8 @@ def score_slides(
         model: a model folder, a bundled or published model's name, or a sequence of them (an ensemble).
         out_dir: the folder of the heatmaps, reports and batch table (created if missing).
         options: the scoring parameters.
-        scheduler: the cluster to start when no ``client`` is given (see ``dask_client``).
+        scheduler: the cluster to start when no ``client`` is given (see ``dask_client``), or ``auto``:
+            chosen from the first slide's plan (``choose_scheduler``).
         n_workers: its number of workers; None: one per core.
         slurm: the worker jobs of ``scheduler="slurm"``; None: ``SlurmOptions()``.
         client: a ``distributed.Client`` to score on instead.
@@ -135,22 +137,25 @@ def score_slides(
     make_output_folder(out_dir)  # before any slide is written into it
     _log.info("scoring %d slides into %s", len(slide_paths), Path(out_dir).resolve())
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(dask_client(scheduler=scheduler, n_workers=n_workers, slurm=slurm))
-        return _score(
-            client,
-            slide_paths,
-            members,
-            out_dir,
-            options=options,
-            settle=settle,
-            show_progress=show_progress,
-        )
+
+    def connect(planning: Scheduler) -> contextlib.AbstractContextManager[Client]:
+        if client is not None:
+            return contextlib.nullcontext(client)
+        chosen = scheduler
+        if scheduler == "auto":
+            first = planning.first_plan()
+            patches = 0 if first is None else first.patches * len(slide_paths) * len(members)
+            chosen = choose_scheduler(patches * (8 if options.tta else 1), n_workers or os.cpu_count() or 1)
+            _log.info("scheduler auto: %s for about %d patch scores", chosen, patches)
+        return dask_client(scheduler=chosen, n_workers=n_workers, slurm=slurm)
+
+    return _score(
+        connect, slide_paths, members, out_dir, options=options, settle=settle, show_progress=show_progress
+    )
 
 
 def _score(
-    client: Client,
+    connect: Callable[[Scheduler], contextlib.AbstractContextManager[Client]],
     slide_paths: Sequence[str | Path],
     members: tuple[Member, ...],
     out_dir: str | Path,
@@ -161,19 +166,25 @@ def _score(
     on_event: Callable[[ScoringEvent], object] | None = None,
     stop: threading.Event | None = None,
 ) -> list[SlideResult]:
-    """Plan, schedule and settle the slides; the slides not settled when ``stop`` was set are "cancelled"."""
+    """Plan, schedule and settle the slides on the cluster ``connect`` gives (called once planning has
+    begun, so a cluster starts while the first slide is planned); the slides not settled when ``stop`` was
+    set are "cancelled"."""
     slide_paths = list(slide_paths)
-    with ThreadPoolExecutor(1, thread_name_prefix="wsi-tissue") as tissue_pool:  # tissue found while hashing
-        plan = partial(plan_slide, out_dir=out_dir, members=members, options=options, tissue_pool=tissue_pool)
-        scheduler = Scheduler(
-            client,
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="wsi-tissue") as tissue_pool,  # tissue found while hashing
+        Scheduler(
             models=tuple(member.source for member in members),
             options=options,
-            plan=plan,
+            plan=partial(
+                plan_slide, out_dir=out_dir, members=members, options=options, tissue_pool=tissue_pool
+            ),
             settle=settle,
             show_progress=show_progress,
             on_event=on_event,
             stop=stop,
-        )
-        settled = scheduler.run(slide_paths)
+        ) as scheduler,
+    ):
+        scheduler.start(slide_paths)
+        with connect(scheduler) as client:
+            settled = scheduler.run(client)
     return settled + [cancelled_result(path, out_dir) for path in slide_paths[len(settled) :]]

@@ -10,13 +10,26 @@ from collections.abc import Iterator
 import dask
 
 from wsi_pipeline.core.logs import adopt_library_loggers, current_route
-from wsi_pipeline.scoring.options import SCHEDULERS_HELP
 from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
 # fixing that threshold turns off glibc's adaptive mmap threshold, and torch's large per-batch buffers then
 # cost a page-fault storm (measured: the model ran 25-45% slower inside workers).
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
+# ``auto``: worker processes only where in-process threads would lose more to the GIL than the processes'
+# start-up costs. On 2 cores threads were faster at every job size (71-3,670 patches); two threads scored
+# 1.86-1.98x one thread's rate, i.e. ~1-4% of a patch's time holds the GIL. By Amdahl's law that share costs
+# threads 10% or more of their rate from 5 cores, which outweighs the process cluster's few seconds of
+# start-up from about 40,000 patches (resnet18, ~4 ms per patch per core). README: "Choosing the scheduler".
+AUTO_PROCESS_CORES = 5
+AUTO_PROCESS_PATCHES = 40_000
+
+
+def choose_scheduler(patches: int, cores: int) -> str:
+    """``auto``'s choice for about ``patches`` patch scores on ``cores`` cores: ``local`` (worker processes)
+    for large jobs on many cores, else ``threads``."""
+    return "local" if cores >= AUTO_PROCESS_CORES and patches >= AUTO_PROCESS_PATCHES else "threads"
 
 
 @contextlib.contextmanager
@@ -57,7 +70,7 @@ def dask_client(
             Client(cluster) as client,
         ):
             if (route := current_route()) is not None:
-                from wsi_pipeline.scoring.worker_logs import RouteWorkerLogs
+                from wsi_pipeline.scoring.worker_plugins import RouteWorkerLogs
 
                 client.register_plugin(RouteWorkerLogs(route))
             yield client
@@ -76,4 +89,5 @@ def dask_client(
         with Client(scheduler) as client:
             yield client
     else:
-        raise ValueError(f"scheduler must be one of: {SCHEDULERS_HELP}; not {scheduler!r}")
+        known = "local, threads, slurm, tcp://HOST:PORT (auto is chosen by score_slides)"
+        raise ValueError(f"scheduler must be one of: {known}; not {scheduler!r}")

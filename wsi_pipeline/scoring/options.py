@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from wsi_pipeline.model.card import ENGINES, PRECISIONS
-from wsi_pipeline.tiling.grid import Block
 from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP
 
-SCHEDULERS_HELP = (  # the schedulers cluster.dask_client starts or joins
-    "local (worker processes sized to the machine), threads (one in-process worker), slurm (worker jobs "
-    "submitted to SLURM), tcp://HOST:PORT"
+if TYPE_CHECKING:
+    from wsi_pipeline.tiling.grid import Block
+
+SCHEDULERS_HELP = (  # the schedulers cluster.dask_client starts or joins, and auto's choice between two
+    "auto (default: threads, or local for large jobs on 5 or more cores), local (worker processes sized to "
+    "the machine), threads (one in-process worker), slurm (worker jobs submitted to SLURM), tcp://HOST:PORT"
 )
 
 

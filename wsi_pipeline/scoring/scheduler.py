@@ -11,7 +11,10 @@ lands their results into the heatmaps.
   write the output folder refuses (full, read-only) stops the run, as an ``OutputError``.
 - Each slide is settled (a ``settling.Settle`` policy) in slide order as soon as none of its blocks is left.
 - Setting ``stop``, an interrupt or an error cancels what is in flight and releases every lock held: each
-  heatmap keeps the blocks written so far and is resumed by the next run."""
+  heatmap keeps the blocks written so far and is resumed by the next run.
+
+Planning starts (``start``) before the cluster is needed (``run``), so a cluster's workers start, and load
+the models (``PreloadModels``), while the first slide is hashed and its tissue found."""
 
 from __future__ import annotations
 
@@ -29,10 +32,11 @@ from wsi_pipeline.scoring.options import BlockWritten, ScoreOptions, ScoringEven
 from wsi_pipeline.scoring.planning import SlidePlan
 from wsi_pipeline.scoring.settling import Settle
 from wsi_pipeline.scoring.worker import ModelSource, score_block
+from wsi_pipeline.scoring.worker_plugins import PreloadModels
 from wsi_pipeline.tiling.grid import Block
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, as_completed
     from distributed import Future as Task
 
 PLANNED_AHEAD = 2  # slides planned ahead of the blocks being submitted
@@ -60,10 +64,10 @@ class SlideRun:
 
 
 class Scheduler:
-    """One run of slides through the cluster behind ``client`` (see the module's docstring).
+    """One run of slides through a cluster (see the module's docstring): ``start`` plans, ``run`` scores; used
+    as a context manager, which abandons (``_abandon``) whatever is left on leaving it.
 
     Args:
-        client: a ``distributed.Client``.
         models: the model as the workers load it, or each member of an ensemble.
         options: the run's options (batch size and TTA of the block tasks).
         plan: plans a slide (in the planning thread); never raises.
@@ -75,7 +79,6 @@ class Scheduler:
 
     def __init__(
         self,
-        client: Client,
         *,
         models: tuple[ModelSource, ...],
         options: ScoreOptions,
@@ -85,7 +88,8 @@ class Scheduler:
         on_event: Callable[[ScoringEvent], object] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        self.client, self.models, self.options = client, models, options
+        self.client: Client | None = None
+        self.models, self.options = models, options
         self.plan, self.settle, self.show_progress = plan, settle, show_progress
         self.on_event, self.stop = on_event or (lambda event: None), stop or threading.Event()
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="wsi-plan")
@@ -93,23 +97,37 @@ class Scheduler:
         self.planned: deque[Future[SlidePlan]] = deque()  # in slide order
         self.active: deque[SlideRun] = deque()  # taken up, in slide order
         self.owners: dict[Task, tuple[SlideRun, Block]] = {}  # a block's task → its slide and block
-        from distributed import as_completed
+        self.in_flight: as_completed | None = None  # results fetched as they land (made by ``run``)
 
-        self.in_flight = as_completed(with_results=True, raise_errors=False)  # results fetched as they land
+    def __enter__(self) -> Scheduler:
+        return self
 
-    def run(self, slide_paths: Sequence[str | Path]) -> list[SlideResult]:
-        """Score and settle the slides (once: a scheduler runs one batch).
+    def __exit__(self, *exc: object) -> None:
+        self._abandon()
 
-        Args:
-            slide_paths: the slides, in the order their results come.
+    def start(self, slide_paths: Sequence[str | Path]) -> None:
+        """Begin planning the slides (once: a scheduler runs one batch), in the order their results come."""
+        self.paths = iter(slide_paths)
+        self._plan_ahead()
+
+    def first_plan(self) -> SlidePlan | None:
+        """The first slide's plan, waited for (None: no slides)."""
+        return self.planned[0].result() if self.planned else None
+
+    def run(self, client: Client) -> list[SlideResult]:
+        """Score and settle the slides ``start`` was given on the cluster behind ``client``, whose workers
+        start loading the models at once.
 
         Returns:
             The results of the slides settled, in slide order: all of them, or the first few when ``stop`` was
             set. An interrupt or an error raised by ``settle`` propagates, every heatmap left resumable.
         """
-        self.paths, results = iter(slide_paths), []
+        from distributed import as_completed
+
+        self.client, results = client, []
+        self.in_flight = as_completed(loop=client.loop, with_results=True, raise_errors=False)
         try:
-            self._plan_ahead()
+            client.register_plugin(PreloadModels(self.models))
             while (self.planned or self.active) and not self.stop.is_set():
                 self._fill()
                 if not self.in_flight.is_empty():
@@ -208,7 +226,8 @@ class Scheduler:
 
     def _abandon(self) -> None:
         """Cancel what is in flight and release every lock still held (all are, after an interrupt): each
-        heatmap keeps the blocks written so far and is resumed by the next run."""
+        heatmap keeps the blocks written so far and is resumed by the next run. Done once: later calls find
+        nothing left."""
         if self.owners:
             self.client.cancel(list(self.owners))
             self.owners.clear()
@@ -222,3 +241,5 @@ class Scheduler:
         for planned in self.planned:
             if not planned.cancelled():
                 planned.result().release_lock()
+        self.active.clear()
+        self.planned.clear()

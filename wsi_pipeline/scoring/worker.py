@@ -139,7 +139,8 @@ def worker_slide(source: SlideSource) -> Iterator[Slide]:
 def _load_model(source: ModelSource) -> Model:
     device = resolve_device(source.device)
     engine = source.engine if device.type == "cpu" else "torch"
-    model = Model(source.folder, device, engine, source.precision, source.calibration)
+    # one intra-op thread: a worker's threads score a block each, in processes of one thread or in this one
+    model = Model(source.folder, device, engine, source.precision, source.calibration, threads=1)
     if model.weights_sha256 != source.weights_sha256:
         raise RuntimeError(f"{source.folder}: weights changed while scoring (hash differs)")
     return model

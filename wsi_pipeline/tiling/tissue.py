@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.filters import gaussian, threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
 
 TISSUE_MPP = 8.0  # µm/px of the image the mask is computed on
 MIN_TISSUE_UM2 = 10_000.0  # smaller tissue objects (e.g. 100 × 100 µm) are dropped as specks
@@ -46,6 +44,9 @@ def detect_tissue(
     ``min_saturation``, so a blank slide stays blank. Objects smaller than ``min_tissue_um2`` are removed and
     holes smaller than ``max_hole_um2`` filled.
     """
+    from skimage.filters import gaussian, threshold_otsu  # scikit-image loads scipy: only when detecting
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
     saturation = hsv_saturation(rgb)
     sigma_px = sigma_um / mpp
     if sigma_px >= 0.5:
