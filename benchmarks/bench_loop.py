@@ -23,6 +23,7 @@ import argparse
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         dask_client(scheduler="threads", n_workers=args.workers) as client,
         tempfile.TemporaryDirectory() as out,
     ):
-        run = {"options": options, "client": client, "show_progress": False}
-        score_slides([slide_path], folder, out, **run)  # hashes the slide once; later runs find its stamp
+        run = {"client": client, "show_progress": False}
+        # the first run hashes the slide; later ones find its stamp in the heatmap
+        score_slides([slide_path], folder, out, options=options, **run)
         for _ in range(args.rounds):
             bare.append(
                 n_patches / in_threads(batches, lambda b: model.predict(b, args.batch_size), args.workers)
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             loop.append(n_patches / (time.perf_counter() - start))
             del tasks
             start = time.perf_counter()
-            score_slides([slide_path], folder, out, options=ScoreOptions(overwrite=True), **run)
+            score_slides([slide_path], folder, out, options=replace(options, overwrite=True), **run)
             whole.append(n_patches / (time.perf_counter() - start))
     setting = f"resnet18 on {engine}, {args.workers} threads, batch {args.batch_size}"
     print(f"{slide_path.name}: {n_patches} patches, {setting}")
