@@ -448,7 +448,7 @@ def bench_model(
     with Slide(slide) as opened:
         grid = plan_grid(opened, card.patch_size, card.mpp, None)
         level = opened.best_level(grid.ds)
-        level_ds = opened.level_downsamples[level]
+        (file_level, k), level_ds = opened.read_levels[level], opened.read_downsamples[level]
     kind = {"probe": "trivial linear probe: I/O dominates", "default": "the bundled default model"}.get(
         name, "UNTRAINED weights: speed only"
     )
@@ -457,7 +457,8 @@ def bench_model(
     show(
         "grid",
         f"{rows} x {cols} cells of {card.patch_size} px at {card.mpp} µm/px "
-        f"({grid.ds * card.patch_size:.0f} level-0 px); reads level {level} (downsample {level_ds:g}), "
+        f"({grid.ds * card.patch_size:.0f} level-0 px); reads level {file_level} at 1/{k} (downsample "
+        f"{level_ds:g}), "
         f"resamples x{grid.ds / level_ds:.2f}",
     )
     heatmaps = workdir / "heatmaps" / name

@@ -12,9 +12,10 @@ import zarr
 from ome_zarr_models.v05 import image as ome_image
 from ome_zarr_models.v05 import image_label as ome_label
 
-from wsi_pipeline.cli.score import main
+from wsi_pipeline.cli.score import main, parser
 from wsi_pipeline.model.card import write_card
 from wsi_pipeline.model.folder import read_card
+from wsi_pipeline.slide import reader
 from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap
 
 from .conftest import CMU_SLIDE, make_slide
@@ -58,7 +59,7 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
         "finished",
     ):
         assert key in meta
-    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 4)
+    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 5)
     assert meta["complete"] is True and meta["devices"] == ["cpu"] and meta["slide"]["synthetic"] is True
     assert len(meta["slide"]["sha256"]) == 64 and len(meta["models"][0]["weights_sha256"]) == 64
     # An independent validator of the OME-Zarr 0.5 specification accepts the image and its label image.
@@ -191,3 +192,30 @@ def test_tissue_area_options_are_applied_and_recorded(tmp_path, capsys, probe_mo
     heatmap = read_heatmap(tmp_path / "out" / "good.zarr")
     assert heatmap.complete and not heatmap.tissue.any() and "(0 patches" in out
     assert heatmap.metadata.tissue.min_um2 == 1e6 and heatmap.metadata.tissue.max_hole_um2 == 10_000
+
+
+def test_jpeg_scaling_goes_from_the_flag_to_the_workers_and_the_heatmap(
+    tmp_path, capsys, probe_model, good_slide, monkeypatch
+):
+    """0.5 µm/px read at the probe's 0.972: level 0 decoded at 1/2 unless ``--jpeg-scaling off``; a re-run
+    without the flag keeps the heatmap as it was read, with the other mode it is refused."""
+    assert parser().parse_args(["s.svs"]).jpeg_scaling is None  # the heatmap's mode, else auto
+    with pytest.raises(SystemExit):
+        parser().parse_args(["s.svs", "--jpeg-scaling", "on"])
+    reduced_reads = []
+    read_scaled = reader.read_scaled
+    monkeypatch.setattr(
+        reader, "read_scaled", lambda *args: reduced_reads.append(args[2]) or read_scaled(*args)
+    )
+    for mode, out in (("off", tmp_path / "off"), (None, tmp_path / "auto")):
+        flag = () if mode is None else ("--jpeg-scaling", mode)  # no reports: the overlay's picture reads too
+        code, _, err = run_cli(capsys, good_slide, "-o", out, "--model", probe_model, "--no-reports", *flag)
+        assert code == 0, err
+        assert read_heatmap(out / "good.zarr").metadata.slide.jpeg_scaling == (mode or "auto")
+        assert (len(reduced_reads) > 0) == (mode is None) and set(reduced_reads) <= {2, 8}
+    code, out, _ = run_cli(capsys, good_slide, "-o", tmp_path / "off", "--model", probe_model)
+    assert code == 0 and "skipped" in out
+    code, out, err = run_cli(
+        capsys, good_slide, "-o", tmp_path / "off", "--model", probe_model, "--jpeg-scaling", "auto"
+    )
+    assert code != 0 and "JPEG scaling 'off' in the heatmap, 'auto' now" in out + err

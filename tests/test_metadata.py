@@ -1,6 +1,7 @@
 """The heatmap's metadata record: one versioned schema, checked on write and read; heatmaps of version 1
-(written by the code before the record, ``tests/fixtures/heatmap_v1``) and version 2 (one model, before
-ensembles and the models' sources, ``tests/fixtures/heatmap_v2``) read, kept, resumed and migrated."""
+(written by the code before the record, ``tests/fixtures/heatmap_v1``), version 2 (one model, before
+ensembles and the models' sources, ``tests/fixtures/heatmap_v2``) and version 4 (before JPEG scaling,
+``tests/fixtures/heatmap_v4``) read, kept, resumed and migrated."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .conftest import count_patches, heatmap_record
 
 V1 = Path(__file__).parent / "fixtures" / "heatmap_v1"
 V2 = Path(__file__).parent / "fixtures" / "heatmap_v2"  # the same slide, scored the same way
+V4 = Path(__file__).parent / "fixtures" / "heatmap_v4"  # the same again
 SLIDE = V1 / "node.svs"
 OPTIONS = ScoreOptions(block_cells=4, engine="torch", tissue_threshold=0.5)  # as the fixtures were scored
 PROBE = "centre-colour-probe"
@@ -56,14 +58,21 @@ def copied(run: str, out: Path, fixtures: Path = V1) -> Path:
     return store
 
 
-def score(out: Path, client) -> object:
+def score(out: Path, client, **options: object) -> object:
+    """Score the fixtures' slide as they were (``OPTIONS``, with ``options`` changed)."""
     (result,) = score_slides(
-        [SLIDE], PROBE, out, options=OPTIONS, client=client, show_progress=False, reports=None
+        [SLIDE],
+        PROBE,
+        out,
+        options=replace(OPTIONS, **options),
+        client=client,
+        show_progress=False,
+        reports=None,
     )
     return result
 
 
-@pytest.mark.parametrize("fixtures", [V1, V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("fixtures", [V1, V2, V4], ids=["v1", "v2", "v4"])
 def test_earlier_versions_are_read_as_records(fixtures):
     complete, partial = (read_heatmap(fixtures / run / "node.zarr") for run in ("complete", "partial"))
     assert complete.complete and not partial.complete
@@ -74,13 +83,11 @@ def test_earlier_versions_are_read_as_records(fixtures):
         assert heatmap.probabilities.shape == (2, *record.grid.shape) == (2, 10, 12)
         (model,) = record.models
         assert (model.name, model.engine, record.tta) == (PROBE, "torch", False)
-        # the bundled probe is a demonstration model; what its card said and the slide's mark were not kept
-        assert (model.demonstration, model.intended_use, model.source, record.slide.synthetic) == (
-            True,
-            None,
-            None,
-            None,
-        )
+        # the bundled probe is a demonstration model; before version 3, what its card said and the slide's
+        # mark were not kept; before version 5, every tile was decoded in full
+        known = (model.demonstration, model.intended_use is not None, model.source, record.slide.synthetic)
+        assert known == ((True, True, None, False) if fixtures == V4 else (True, False, None, None))
+        assert record.slide.jpeg_scaling == "off"
         assert (record.tissue.threshold, record.tissue.mpp, record.block_cells) == (0.5, 8.0, 4)
         assert record.slide.sha256 == "065c96b340c5326be01af45510184d1dc7a1adffe4c8eabe40cffd4bcc18f2a5"
     assert complete.metadata.patches_scored == complete.tissue.sum() == 63
@@ -100,6 +107,7 @@ def test_version_1_migrates_exactly():
     expected |= {
         "schema": SCHEMA,
         "version": VERSION,
+        "slide": {**old["slide"], "jpeg_scaling": "off"},
         "models": [{**old["model"], "demonstration": True}],
         "tissue": {
             "threshold": 0.5,
@@ -140,7 +148,7 @@ def test_version_2_migrates_exactly():
     old = stored(V2 / "complete" / "node.zarr")
     model = {**old["model"], "demonstration": True}  # the bundled probe, by name
     expected = {key: value for key, value in old.items() if key != "model"}
-    expected |= {"version": VERSION, "models": [model]}
+    expected |= {"version": VERSION, "models": [model], "slide": {**old["slide"], "jpeg_scaling": "off"}}
     assert migrate(old) == expected and list(migrate(old))[:3] == ["schema", "version", "slide"]
     written = {**expected, "models": [{**model, "precision": "float32"}]}
     assert to_dict(from_dict(migrate(old))) == written  # written back, nothing lost; float32, as it ran
@@ -149,16 +157,21 @@ def test_version_2_migrates_exactly():
     assert from_dict(migrate(old)).model_name == PROBE
 
 
-def test_version_3_migrates_to_unknown_damage_counts():
+def test_version_3_migrates_to_unknown_damage_counts_and_version_4_to_no_jpeg_scaling():
     current = valid()
-    assert migrate({**current, "version": 3}) == current
-    assert from_dict(current).unreadable_cells is None
+    before = {**current, "slide": {k: v for k, v in current["slide"].items() if k != "jpeg_scaling"}}
+    unscaled = {**current, "slide": {**current["slide"], "jpeg_scaling": "off"}}
+    assert current["slide"]["jpeg_scaling"] == "auto"
+    assert migrate({**before, "version": 3}) == migrate({**before, "version": 4}) == unscaled
+    assert from_dict(unscaled).unreadable_cells is None
+    old = stored(V4 / "partial" / "node.zarr")
+    assert old["version"] == 4 and from_dict(migrate(old)).slide.jpeg_scaling == "off"
 
 
 def test_a_record_round_trips_and_leaves_unknown_fields_out():
     record = heatmap_record(GRID)
     written = to_dict(record)
-    assert written["schema"] == SCHEMA and written["version"] == VERSION == 4
+    assert written["schema"] == SCHEMA and written["version"] == VERSION == 5
     assert "finished" not in written and not {"size", "synthetic"} & set(written["slide"])
     assert "source" not in written["models"][0] and written["models"][0]["demonstration"] is False
     assert from_dict(json.loads(json.dumps(written))) == record
@@ -249,7 +262,7 @@ def test_metadata_of_the_wrong_shape_is_an_input_error():
     for metadata in ([], None, "wsi"):
         with pytest.raises(InputError, match=r"^h\.zarr: heatmap metadata must be an object"):
             migrate(metadata, "h.zarr")
-    with pytest.raises(InputError, match="version must be 4, not 1"):
+    with pytest.raises(InputError, match="version must be 5, not 1"):
         from_dict({**valid(), "version": 1})
 
 
@@ -281,7 +294,7 @@ def test_the_writer_checks_what_it_records(tmp_path):
     assert read_heatmap(writer.path).metadata.resumed == ("2026-11-29T00:00:00+00:00",)
 
 
-@pytest.mark.parametrize("fixtures", [V1, V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("fixtures", [V1, V2, V4], ids=["v1", "v2", "v4"])
 def test_a_complete_heatmap_of_an_earlier_version_is_kept(tmp_path, client, fixtures):
     store = copied("complete", tmp_path, fixtures)
     before = read_heatmap(store)
@@ -299,7 +312,7 @@ def test_a_complete_heatmap_of_an_earlier_version_is_kept(tmp_path, client, fixt
     assert parameter_differences(before.metadata, after.metadata) == []
 
 
-@pytest.mark.parametrize("fixtures", [V1, V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("fixtures", [V1, V2, V4], ids=["v1", "v2", "v4"])
 def test_a_partial_heatmap_of_an_earlier_version_is_resumed_to_the_uninterrupted_result(
     tmp_path, client, monkeypatch, fixtures
 ):
@@ -314,10 +327,34 @@ def test_a_partial_heatmap_of_an_earlier_version_is_resumed_to_the_uninterrupted
     assert resumed.complete and stored(store)["version"] == VERSION
     assert resumed.metadata.started == before.metadata.started and len(resumed.metadata.resumed) == 1
     assert resumed.metadata.patches_scored == resumed.tissue.sum()
-    fresh = read_heatmap(score(tmp_path / "fresh", client).heatmap)
+    assert resumed.metadata.slide.jpeg_scaling == "off"  # as the earlier version read it: in full
+    fresh = read_heatmap(score(tmp_path / "fresh", client, jpeg_scaling="off").heatmap)
     assert parameter_differences(resumed.metadata, fresh.metadata) == []
     assert (resumed.metadata.slide, resumed.metadata.models) == (fresh.metadata.slide, fresh.metadata.models)
     old = read_heatmap(fixtures / "complete" / "node.zarr")
     for reference in (fresh, old):  # this code's, and the old code's
         np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
         np.testing.assert_array_equal(resumed.tissue, reference.tissue)
+
+
+def test_an_earlier_heatmap_is_read_as_it_was_unless_the_options_say_otherwise(tmp_path, client):
+    """A heatmap of version 4 or earlier was read without JPEG scaling: resumed so by default (its tissue,
+    found at 8 µm/px, differs with scaling), resumed with ``jpeg_scaling="off"``, refused with ``"auto"``."""
+    store = copied("partial", tmp_path / "auto", V4)
+    refused = score(store.parent, client, jpeg_scaling="auto")
+    assert refused.status == "failed" and "JPEG scaling 'off' in the heatmap, 'auto' now" in refused.message
+    assert stored(store)["version"] == 4  # left alone
+    store = copied("partial", tmp_path / "off", V4)
+    assert score(store.parent, client, jpeg_scaling="off").status == "ok"
+    np.testing.assert_array_equal(
+        read_heatmap(store).probabilities, read_heatmap(V4 / "complete" / "node.zarr").probabilities
+    )
+
+
+def test_a_new_heatmap_records_jpeg_scaling_and_is_resumed_with_it(tmp_path, client):
+    """New heatmaps read with JPEG scaling (``auto``); a re-run keeps it so, and ``off`` is refused."""
+    first = score(tmp_path, client)
+    assert read_heatmap(first.heatmap).metadata.slide.jpeg_scaling == "auto"
+    assert score(tmp_path, client).status == "skipped"
+    refused = score(tmp_path, client, jpeg_scaling="off")
+    assert refused.status == "failed" and "JPEG scaling 'auto' in the heatmap, 'off' now" in refused.message

@@ -41,11 +41,33 @@ def test_mpp_override_wins():
 )
 def test_best_level_is_the_largest_downsample_not_above_give_or_take_5_percent(pyramid, ds, level):
     """3.89: PCam's 0.972 µm/px from a 0.25 µm/px scan reads the 4× level (1.0 µm/px)."""
-    assert Slide(pyramid / "pyramid.svs").best_level(ds) == level
+    assert Slide(pyramid / "pyramid.svs", jpeg_scaling="off").best_level(ds) == level
+
+
+@pytest.mark.parametrize(
+    ("ds", "read_level"),
+    [
+        (1.0, (0, 1)),
+        (1.95, (0, 2)),
+        (3.8, (0, 2)),
+        (3.89, (1, 1)),
+        (7.9, (1, 2)),
+        (15.5, (2, 1)),
+        (34.0, (2, 2)),
+        (100.0, (2, 4)),
+        (1000.0, (2, 8)),
+    ],
+)
+def test_with_jpeg_scaling_the_same_rule_picks_among_file_and_reduced_levels(pyramid, ds, read_level):
+    """Level 0 at 1/4 and 1/8 and level 1 at 1/4 are left out: levels 1 and 2 and level 1 at 1/2 give those
+    downsamples from fewer bytes."""
+    with Slide(pyramid / "pyramid.svs") as slide:
+        assert slide.read_levels == ((0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2), (2, 4), (2, 8))
+        assert slide.read_levels[slide.best_level(ds)] == read_level
 
 
 def test_reads_come_from_the_closest_level_only(pyramid, monkeypatch):
-    slide = Slide(pyramid / "pyramid.svs")
+    slide = Slide(pyramid / "pyramid.svs", jpeg_scaling="off")
     levels_read = []
     original = Slide.read_level
 

@@ -58,7 +58,7 @@ def ledger(monkeypatch) -> Iterator[Ledger]:
     ledger = Ledger()
 
     class TrackedSlide(Slide):
-        def __init__(self, path: str, backend: str, mpp: float) -> None:
+        def __init__(self, path: str, backend: str, mpp: float, jpeg_scaling: str = "auto") -> None:
             self.key = (path, backend, mpp)
             with ledger.guard:
                 ledger.opens[self.key] += 1
@@ -67,7 +67,7 @@ def ledger(monkeypatch) -> Iterator[Ledger]:
             if twice:
                 ledger.note(f"{self.key} opened while a handle on it is open")
             time.sleep(WIDEN_S)
-            super().__init__(path, backend, mpp)
+            super().__init__(path, backend, mpp, jpeg_scaling)
             self.closed = False
 
         def close(self) -> None:

@@ -27,7 +27,7 @@ from wsi_pipeline.model.bundled import DEFAULT_MODEL
 from wsi_pipeline.model.card import ENGINES, PRECISIONS
 from wsi_pipeline.scoring.options import SCHEDULERS_HELP, ScoreOptions, SlideResult
 from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_options
-from wsi_pipeline.slide.reader import BACKENDS
+from wsi_pipeline.slide.reader import BACKENDS, JPEG_SCALINGS
 
 DEFAULTS = ScoreOptions()
 SLURM_DEFAULTS = SlurmOptions()
@@ -61,6 +61,15 @@ def parser() -> argparse.ArgumentParser:
         "of the first slide)",
     )
     p.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS, help="slide reader")
+    p.add_argument(
+        "--jpeg-scaling",
+        default=DEFAULTS.jpeg_scaling,
+        choices=JPEG_SCALINGS,
+        help="auto: read a JPEG-tiled level 2, 4 or 8 times coarser by decoding it at that scale (libjpeg's "
+        "scaled IDCT; tiffslide, local files) when the model's µm/px is that much coarser; off: decode in "
+        "full and resample. Recorded in the heatmap (default: as the heatmap resumed or kept was read, "
+        "else auto)",
+    )
     p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's value")
     p.add_argument("--stride", type=int, help="target pixels between patches (default: the patch size)")
     p.add_argument(

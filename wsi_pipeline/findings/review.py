@@ -65,11 +65,11 @@ def region_numbers(shape: tuple[int, int], regions: list[Region]) -> np.ndarray:
 
 
 def read_tiles(heatmap: Heatmap, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, str]:
-    """The cells' patches read from the heatmap's slide as scoring read it (file, reader, µm/px), and a note;
-    white patches and the reason when the slide cannot be read."""
+    """The cells' patches read from the heatmap's slide as scoring read it (file, reader, µm/px, JPEG
+    scaling), and a note; white patches and the reason when the slide cannot be read."""
     slide, grid = heatmap.metadata.slide, heatmap.grid
     try:
-        with Slide(slide.path, slide.backend, slide.mpp) as opened:
+        with Slide(slide.path, slide.backend, slide.mpp, slide.jpeg_scaling) as opened:
             return read_cell_patches(opened, grid, rows, cols), ""
     except InputError as error:
         blank = np.full((len(rows), grid.patch_size, grid.patch_size, 3), 255, np.uint8)

@@ -46,7 +46,7 @@ def slide_levels(slide: Slide) -> list[da.Array]:
     """One lazy (height, width, 3) uint8 array per pyramid level, in ``TILE``² chunks of one read each.
 
     The graph holds only the slide's path (any scheduler, even a distributed client, can compute it)."""
-    source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp)
+    source = SlideSource(str(slide.path.resolve()), slide.backend, slide.mpp, jpeg_scaling=slide.jpeg_scaling)
     levels = []
     for level, (width, height) in enumerate(slide.level_dimensions):
         chunks = (*da.core.normalize_chunks((TILE, TILE), (height, width)), (3,))

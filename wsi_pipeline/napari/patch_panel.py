@@ -71,7 +71,8 @@ class PatchPanel(QWidget):
             return
         slide = heatmap.metadata.slide
         try:
-            with worker_slide(SlideSource(slide.path, slide.backend, slide.mpp)) as opened:
+            source = SlideSource(slide.path, slide.backend, slide.mpp, jpeg_scaling=slide.jpeg_scaling)
+            with worker_slide(source) as opened:
                 [self.patch] = read_cell_patches(opened, heatmap.grid, np.array([row]), np.array([col]))
         except InputError as error:
             self.caption.setText(f"{caption}\npatch not read ({error})")

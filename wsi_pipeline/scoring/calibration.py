@@ -107,7 +107,7 @@ def tissue_patches(
     path: Path, card: ModelCard, options: ScoreOptions, n: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Up to ``n`` patches of random tissue cells of a slide (cells as the run's options find them)."""
-    with Slide(path, options.backend, options.mpp) as slide:
+    with Slide(path, options.backend, options.mpp, options.jpeg_scaling or "auto") as slide:
         grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
         rows, cols = np.nonzero(tissue_cells(slide, grid, options)[0])
         picked = rng.permutation(len(rows))[:n]

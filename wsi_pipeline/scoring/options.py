@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from wsi_pipeline.model.card import ENGINES, PRECISIONS
+from wsi_pipeline.slide.reader import JPEG_SCALINGS
 from wsi_pipeline.tiling.tissue import MAX_HOLE_UM2, MIN_TISSUE_UM2, TISSUE_MPP
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class ScoreOptions:
     precision: str = "float32"
     calibration: str | None = None  # int8's calibration: a slide, slide folder or patch set; None: 1st slide
     backend: str = "auto"
+    # auto: JPEG-tiled levels also read at 1/2, 1/4, 1/8 (slide.reader.JPEG_SCALINGS); None: as the heatmap
+    # resumed or kept was read (auto for a new one)
+    jpeg_scaling: str | None = None
     mpp: float | None = None  # overrides the slide's µm/px
     overwrite: bool = False  # score afresh over an existing heatmap (complete, partial, or other parameters)
     retry_unreadable: bool = False  # score again the blocks of a heatmap holding cells that were unreadable
@@ -59,6 +63,9 @@ class ScoreOptions:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.jpeg_scaling not in (None, *JPEG_SCALINGS):
+            shown = ", ".join(JPEG_SCALINGS)
+            raise ValueError(f"JPEG scaling must be one of {shown}, not {self.jpeg_scaling!r}")
         if self.precision == "int8" and self.device.startswith("cuda"):
             raise ValueError("int8 runs on the CPU (--device cpu or auto)")
 

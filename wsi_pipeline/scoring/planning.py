@@ -8,6 +8,9 @@ The decision, from the heatmap already at ``OUT/<stem>.zarr`` (if any):
   could not be decoded and ``retry_unreadable`` is set: then the blocks holding them are scored again;
 - made otherwise (another slide content, model or parameter): refused, the slide fails.
 
+A heatmap resumed or kept is read as it was (``slide.jpeg_scaling``: its tissue found and its blocks read
+alike) unless the options say otherwise, which then refuses it as another parameter does.
+
 The slide's sha256 is the one the heatmap records while the file's path, size and mtime are unchanged;
 otherwise the file is hashed while its tissue is found in ``tissue_pool``."""
 
@@ -160,6 +163,7 @@ def heatmap_metadata(
             sha256=identity[0],
             identity_source=identity[1],
             backend=slide.backend,
+            jpeg_scaling=slide.jpeg_scaling,
             mpp=slide.mpp,
             mpp_source="file" if options.mpp is None else "--mpp",
             width0=slide.width0,
@@ -253,7 +257,8 @@ def plan_slide(
     path = path if is_url(path) else Path(path)
     plan = SlidePlan(path, time.monotonic(), heatmap_path(path, out_dir))
     try:
-        with Slide(path, options.backend, options.mpp) as slide, contextlib.ExitStack() as undo:
+        scaling = options.jpeg_scaling or "auto"
+        with Slide(path, options.backend, options.mpp, scaling) as slide, contextlib.ExitStack() as undo:
             if plan.heatmap.exists() and not is_heatmap(plan.heatmap):
                 raise InputError(plan.heatmap, "exists and is not a wsi_pipeline heatmap; not overwriting it")
             plan.heatmap.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +294,8 @@ def _plan_heatmap(
     grid = plan_grid(slide, card.patch_size, card.mpp, options.stride)
     started = datetime.now(timezone.utc).isoformat()
     existing = None if options.overwrite or not plan.heatmap.exists() else read_record(plan.heatmap)
+    if existing is not None and options.jpeg_scaling is None:
+        slide.jpeg_scaling = existing.slide.jpeg_scaling  # before the tissue is found
     sha256, found = recorded_sha256(existing, plan.path), None
     identity = (sha256, None)
     if sha256 is None:
@@ -329,7 +336,9 @@ def _plan_heatmap(
     return replace(
         plan,
         writer=writer,
-        source=SlideSource(slide_location(slide.path), slide.backend, slide.mpp, record.slide.sha256),
+        source=SlideSource(
+            slide_location(slide.path), slide.backend, slide.mpp, record.slide.sha256, slide.jpeg_scaling
+        ),
         cells=cells,
         blocks=tuple(block for _, block in todo),
         patches=sum(n for n, _ in todo),

@@ -51,13 +51,14 @@ _models: dict[tuple, _Entry[Model]] = {}
 
 @dataclass(frozen=True)
 class SlideSource:
-    """How a worker opens the slide: the same file, backend and µm/px the client resolved, and the content it
-    found (a file replaced since a handle was opened on it gets a new one)."""
+    """How a worker opens the slide: the same file, backend, µm/px and JPEG scaling the client resolved, and
+    the content it found (a file replaced since a handle was opened on it gets a new one)."""
 
     path: str
     backend: str
     mpp: float
     sha256: str = ""
+    jpeg_scaling: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -118,18 +119,22 @@ def _release_slide(key: tuple, entry: _Entry[Slide]) -> None:
             _open_slides.pop(idle_key).value.close()
 
 
+def _open_slide(source: SlideSource) -> Slide:
+    return Slide(source.path, source.backend, source.mpp, source.jpeg_scaling)
+
+
 @contextlib.contextmanager
 def worker_slide(source: SlideSource) -> Iterator[Slide]:
     """This process's open handle on a slide, held (never closed) until the ``with`` block ends.
 
     Args:
-        source: the slide file, backend and µm/px.
+        source: the slide file, backend, µm/px and JPEG scaling.
 
     Yields:
         The open slide, shared with the other threads of this process reading the same slide.
     """
-    key = (source.path, source.backend, source.mpp, source.sha256)
-    entry = _cached(_open_slides, key, lambda: Slide(source.path, source.backend, source.mpp), hold=True)
+    key = (source.path, source.backend, source.mpp, source.sha256, source.jpeg_scaling)
+    entry = _cached(_open_slides, key, lambda: _open_slide(source), hold=True)
     try:
         yield entry.value
     finally:

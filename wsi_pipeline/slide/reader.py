@@ -3,7 +3,12 @@
 Spaces: *level-0* pixels are the file's full resolution (``mpp`` µm/px); *level-L* pixels are those of
 pyramid level L (``level_downsamples[L]`` level-0 pixels each); *target* pixels are at a caller-chosen
 µm/px. A pixel's integer index ``i`` covers ``[i, i+1)`` in its space, so target pixel ``i`` covers level-0
-``[i*ds, (i+1)*ds)`` with ``ds = target_mpp / mpp``."""
+``[i*ds, (i+1)*ds)`` with ``ds = target_mpp / mpp``.
+
+Levels are the file's (``level_downsamples``) and, with JPEG scaling, *reduced* ones after them: a JPEG-tiled
+level L decoded at 1/k (k = 2, 4, 8), whose pixel i covers level-L pixels ``[k*i, k*(i+1))``; one is left out
+when the file or a coarser level gives its downsample within ``LEVEL_TOLERANCE``. ``read_downsamples`` lists
+the downsamples of both, which ``best_level``, ``window`` and ``read_level`` take indices into."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +27,15 @@ from PIL import Image
 
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.slide.dicom import holds_dicom, series_of
+from wsi_pipeline.slide.jpeg_scaled import JpegLevel, jpeg_level, read_scaled
 from wsi_pipeline.slide.remote import is_url, open_remote
 
 _log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "openslide", "tiffslide")
+# auto: a JPEG-tiled level also reads as levels 2, 4 and 8 times coarser, decoded at that scale (libjpeg's
+# scaled inverse DCT, ``slide.jpeg_scaled``); off: only the file's levels, decoded in full.
+JPEG_SCALINGS = ("auto", "off")
 # Formats tiffslide reads well (and faster than openslide, see benchmarks); openslide takes the rest, DICOM
 # WSI (.dcm) included: OpenSlide 4 reads a series through any of its files: no second DICOM library.
 TIFFSLIDE_SUFFIXES = {".svs", ".tif", ".tiff"}
@@ -66,11 +76,14 @@ class UnreadablePixelsError(InputError):
 class Slide:
     """An open whole-slide image with its µm/px and pyramid."""
 
-    def __init__(self, path: str | Path, backend: str = "auto", mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | Path, backend: str = "auto", mpp: float | None = None, jpeg_scaling: str = "auto"
+    ) -> None:
         """Open ``path``: a slide file, a DICOM WSI series (a folder holding one, or any of its files), or a
-        URL (``slide.remote``)."""
+        URL (``slide.remote``); ``jpeg_scaling`` (``JPEG_SCALINGS``) as the attribute of that name."""
         self.path: Path | str = path if is_url(path) else Path(path)
         self._file: IO[bytes] | None = None  # a remote slide's cached file
+        self._fd: int | None = None  # the file, for reading JPEG tiles by position (reduced levels)
         self.backend = choose_backend(self.path, backend)
         if isinstance(self.path, str):
             if self.backend == "openslide":
@@ -108,6 +121,42 @@ class Slide:
         self.mpp = float(mpp) if mpp is not None else self._mpp_from(properties)
         # written by this package's synthetic-slide writer (not real tissue)
         self.synthetic = str(properties.get("aperio.Synthetic", "")).strip() == "wsi_pipeline"
+        self._jpeg_levels = self._find_jpeg_levels(properties)
+        self._reduced = reduced_levels(self.level_downsamples, self._jpeg_levels)
+        if self._reduced:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        self.jpeg_scaling = jpeg_scaling
+
+    def _find_jpeg_levels(self, properties: dict) -> dict[int, JpegLevel]:
+        """The levels of a local file read by tiffslide whose tiles are JPEG that ``jpeg_scaled`` decodes."""
+        if self.backend != "tiffslide" or isinstance(self.path, str):
+            return {}
+        if properties.get("tiffslide.series-axes") != "YXS":
+            return {}
+        series = self._handle.ts_tifffile.series[properties["tiffslide.series-index"]]
+        found = {}
+        for index, level in enumerate(series.levels):
+            jpeg = jpeg_level(level.keyframe) if len(level.pages) == 1 else None
+            if jpeg is not None and (jpeg.width, jpeg.height) == self.level_dimensions[index]:
+                found[index] = jpeg
+        return found
+
+    @property
+    def jpeg_scaling(self) -> str:
+        """``auto``: the reduced levels take part in reads (``read_downsamples``); ``off``: only the file's
+        levels. A slide without reduced levels (no JPEG-tiled level, openslide, a URL) is always ``off``.
+        Set it before reading, not while other threads read."""
+        return self._jpeg_scaling
+
+    @jpeg_scaling.setter
+    def jpeg_scaling(self, mode: str) -> None:
+        if mode not in JPEG_SCALINGS:
+            raise ValueError(f"JPEG scaling must be one of {JPEG_SCALINGS}, not {mode!r}")
+        self._jpeg_scaling = mode if self._reduced else "off"
+        reduced = self._reduced if self._jpeg_scaling == "auto" else ()
+        # per read level (index): the file's level it is decoded from, at 1/k
+        self.read_levels = tuple((level, 1) for level in range(len(self.level_downsamples))) + reduced
+        self.read_downsamples = tuple(self.level_downsamples[level] * k for level, k in self.read_levels)
 
     def _mpp_from(self, properties: dict) -> float:
         values = []
@@ -126,6 +175,8 @@ class Slide:
 
     def close(self) -> None:
         self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
         if self._file is not None:
             self._file.close()
 
@@ -136,25 +187,28 @@ class Slide:
         self.close()
 
     def best_level(self, ds: float) -> int:
-        """Index of the level with the largest downsample not above ``ds`` (level-0 px per output px), give or
-        take ``LEVEL_TOLERANCE``."""
-        fits = [i for i, d in enumerate(self.level_downsamples) if d <= ds * (1 + LEVEL_TOLERANCE)]
-        return max(fits, key=lambda i: self.level_downsamples[i]) if fits else 0
+        """Index of the read level with the largest downsample not above ``ds`` (level-0 px per output px),
+        give or take ``LEVEL_TOLERANCE``."""
+        fits = [i for i, d in enumerate(self.read_downsamples) if d <= ds * (1 + LEVEL_TOLERANCE)]
+        return max(fits, key=lambda i: self.read_downsamples[i]) if fits else 0
 
     def read_level(self, level: int, x_level: int, y_level: int, width: int, height: int) -> np.ndarray:
-        """RGB uint8 of a level-L pixel box; parts outside the slide are white. ``UnreadablePixelsError`` when
-        the file's data there cannot be decoded (an openslide handle, unusable after such an error, is
-        reopened)."""
+        """RGB uint8 of a pixel box of a read level (a file's level, or a reduced one); parts outside the
+        slide are white. ``UnreadablePixelsError`` when the file's data there cannot be decoded (an openslide
+        handle, unusable after such an error, is reopened)."""
         out = np.full((height, width, 3), 255, np.uint8)
-        level_width, level_height = self.level_dimensions[level]
+        file_level, k = self.read_levels[level]
+        level_width, level_height = (side // k for side in self.level_dimensions[file_level])
         x0, y0 = max(x_level, 0), max(y_level, 0)
         x1, y1 = min(x_level + width, level_width), min(y_level + height, level_height)
         if x1 <= x0 or y1 <= y0:
             return out
-        downsample = self.level_downsamples[level]
+        downsample = self.level_downsamples[file_level]
         location = (round(x0 * downsample), round(y0 * downsample))
         try:
-            if self.backend == "tiffslide":
+            if k > 1:
+                pixels = read_scaled(self._fd, self._jpeg_levels[file_level], k, x0, y0, x1 - x0, y1 - y0)
+            elif self.backend == "tiffslide":
                 pixels = self._handle.read_region(location, level, (x1 - x0, y1 - y0), as_array=True)
             else:
                 pixels = np.asarray(self._handle.read_region(location, level, (x1 - x0, y1 - y0)))
@@ -175,7 +229,7 @@ class Slide:
         best one, see ``best_level``)."""
         ds = mpp_out / self.mpp
         level = self.best_level(ds) if level is None else level
-        scale = ds / self.level_downsamples[level]  # level-L pixels per output pixel (>= 1 unless upsampling)
+        scale = ds / self.read_downsamples[level]  # level-L pixels per output pixel (>= 1 unless upsampling)
         x0_level, y0_level = x0_out * scale, y0_out * scale
         x1_level, y1_level = (x0_out + width_out) * scale, (y0_out + height_out) * scale
         margin = math.ceil(max(scale, 1.0)) + 1  # room for the resampling kernel
@@ -236,8 +290,8 @@ class Slide:
         """The levels to read ``ds`` level-0 px per output px from when its best level cannot be decoded:
         the finer ones, closest first, then the coarser ones up to ``FALLBACK_MAX_UPSAMPLE`` × ``ds``."""
         best = self.best_level(ds)
-        best_ds = self.level_downsamples[best]
-        others = [(d, i) for i, d in enumerate(self.level_downsamples) if i != best]
+        best_ds = self.read_downsamples[best]
+        others = [(d, i) for i, d in enumerate(self.read_downsamples) if i != best]
         finer = sorted(((d, i) for d, i in others if d <= best_ds), reverse=True)
         coarser = sorted((d, i) for d, i in others if best_ds < d <= ds * FALLBACK_MAX_UPSAMPLE)
         return [i for _, i in finer + coarser]
@@ -293,9 +347,25 @@ class Slide:
         return out
 
 
+def reduced_levels(
+    level_downsamples: Sequence[float], jpeg_levels: dict[int, JpegLevel]
+) -> tuple[tuple[int, int], ...]:
+    """The reduced levels (file level, k) of a pyramid, by increasing downsample: each JPEG-tiled level at 1/k
+    for each k its tiles allow, unless the file or a coarser level gives that downsample within
+    ``LEVEL_TOLERANCE`` (fewer bytes to decode)."""
+    taken, found = list(level_downsamples), []
+    for level in sorted(jpeg_levels, key=lambda i: -level_downsamples[i]):
+        for k in jpeg_levels[level].scales:
+            downsample = level_downsamples[level] * k
+            if all(abs(downsample / d - 1) > LEVEL_TOLERANCE for d in taken):
+                taken.append(downsample)
+                found.append((downsample, (level, k)))
+    return tuple(pair for _, pair in sorted(found))
+
+
 @dataclass(frozen=True)
 class Window:
-    """The level pixels a read at some µm/px takes: a box of level ``level`` (corner ``x, y``, size ``width``
+    """The level pixels a read at some µm/px takes: a box of read level ``level`` (corner ``x, y``, ``width``
     × ``height``, with a margin for the resampling kernel) and, in its pixels, the output box ``box`` (x0, y0,
     x1, y1) of ``width_out`` × ``height_out`` output pixels, ``scale`` level pixels each."""
 

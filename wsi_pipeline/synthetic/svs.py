@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 from wsi_pipeline.slide.reader import SYNTHETIC_MARK
 
@@ -106,6 +107,15 @@ def _stored_tiles(level: np.ndarray, width: int, height: int, tile: int) -> Iter
             yield pixels
 
 
+def _to_ycbcr(pixels: np.ndarray) -> np.ndarray:
+    """RGB pixels as JPEG's YCbCr (JFIF, full range)."""
+    return np.asarray(Image.fromarray(pixels).convert("YCbCr"))
+
+
+def _as_is(pixels: np.ndarray) -> np.ndarray:
+    return pixels
+
+
 def write_slide(
     path: str | Path,
     scene: Scene,
@@ -116,12 +126,14 @@ def write_slide(
     tile: int = 256,
     quality: int = 95,
     workers: int = 1,
+    photometric: str = "rgb",
 ) -> Path:
     """Write an Aperio-style SVS: tiled JPEG levels (level 0, then the reduced ones) and a thumbnail page.
 
     Level 0 is rendered from the scene tile by tile (by ``workers`` processes); each reduced level is the box
     average of the one before, kept in a temporary memory-mapped file beside ``path``, so memory stays bounded
-    for any slide size. ``mpp=None`` writes no µm/px, as some scanners' exports do.
+    for any slide size. ``mpp=None`` writes no µm/px, as some scanners' exports do. ``photometric`` is the
+    tiles' JPEG colour space: ``rgb`` (as Aperio's) or ``ycbcr`` (chroma subsampled 2×2).
     """
     path = Path(path)
     steps = list(itertools.pairwise(downsamples))
@@ -134,12 +146,13 @@ def write_slide(
     header = f"{_APERIO}\r\n{width0}x{height0} [0,0 {width0}x{height0}] ({tile}x{tile})"
     mpp_field = f"|MPP = {mpp}" if mpp is not None else ""
     options = {
-        "photometric": "rgb",
+        "photometric": photometric,
         "compression": "jpeg",
         "compressionargs": {"level": quality},
         "metadata": None,
     }
     bigtiff = width0 * height0 * 3 > 2**31
+    encoded = _to_ycbcr if photometric == "ycbcr" else _as_is  # tifffile takes YCbCr pixels for "ycbcr"
     with (
         tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}-") as scratch,
         tifffile.TiffWriter(path, bigtiff=bigtiff) as tiff,
@@ -155,7 +168,7 @@ def write_slide(
                 reduced = np.lib.format.open_memmap(Path(scratch) / f"{index + 1}.npy", "w+", np.uint8, shape)
             level_text = f" -> {width}x{height}" if downsample > 1 else ""
             tiff.write(
-                _reducing(tiles, n_cols, tile, ratio or 1, reduced),
+                map(encoded, _reducing(tiles, n_cols, tile, ratio or 1, reduced)),
                 shape=(height, width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
@@ -166,7 +179,7 @@ def write_slide(
                 thumb_ds = max(width0, height0) / 512
                 thumb_w, thumb_h = max(1, round(width0 / thumb_ds)), max(1, round(height0 / thumb_ds))
                 tiff.write(
-                    scene.render(0, 0, thumb_w, thumb_h, thumb_ds),
+                    encoded(scene.render(0, 0, thumb_w, thumb_h, thumb_ds)),
                     description=f"{_APERIO}\r\n{width0}x{height0} -> {thumb_w}x{thumb_h} - ",
                     **options,
                 )
