@@ -1,17 +1,18 @@
 """The measurements behind ``--scheduler auto`` (``scoring/cluster.py``: ``choose_scheduler``).
 
-1. The GIL's share of a patch: the same blocks of a slide read and scored (``read_block`` + ``Model.predict``,
-   one intra-op thread per model, as in workers) by one thread, then by two threads of one process. With a
-   share g of each patch's time holding the GIL, n threads reach 1 / (g + (1 - g) / n) times one thread's
-   rate (Amdahl), so two give g = 2 / speed-up - 1.
-2. The process cluster's start-up: ``wsi-score`` cold (a fresh process, a new output folder) with
-   ``--scheduler threads`` and ``--scheduler local`` on the same slides; the difference of their wall times on
-   the smallest slide is what worker processes must win back.
+1. Steady rates: the tissue blocks of a slide read and scored (``read_block`` + ``Model.predict``, one
+   intra-op thread per model call, as in workers), the model loaded and warm, by one thread, by two threads
+   of one process (the ``threads`` scheduler's worker) and by two forked processes (the ``local`` cluster's
+   workers). Threads share the GIL; the ratio of the two-thread rate to the two-process rate is what the
+   in-process worker gives up while it runs.
+2. Start-up: ``wsi-score`` cold (a fresh process, a new output folder) with ``--scheduler threads`` and
+   ``--scheduler local`` on the same slides; the difference of their wall times is what worker processes
+   must win back.
 
-Slides: the bundled sample, and CMU-1-Small-Region tiled 8 × 6 (``bench_peers.cmu_tiled_slide``); model: the
-bundled default, and the TIAToolbox resnet18-pcam layout with random weights (``bench_peers.resnet18_model``).
-From g and the start-up, the job size above which ``local`` beats ``threads`` on n cores is
-start-up / (c × (g + (1 - g) / n - 1 / n)), c being a patch's CPU time.
+The slide: CMU-1-Small-Region tiled 8 × 6 (``bench_peers.cmu_tiled_slide``, 3,341 patches); models:
+the bundled default, and the TIAToolbox resnet18-pcam layout with random weights (``bench_peers.
+resnet18_model``). The cold runs' difference is the processes' start-up s less what they saved on the
+slide's P patches; they win from s / (1 / threads' rate - 1 / processes' rate) patches.
 
     nice python benchmarks/bench_scheduler.py --slide-cache /tmp/bench-slides
 """
@@ -19,6 +20,8 @@ start-up / (c × (g + (1 - g) / n - 1 / n)), c being a patch's CPU time.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.synchronize
 import statistics
 import tempfile
 import time
@@ -35,44 +38,62 @@ from wsi_pipeline.model.predict import Model, choose_engine
 from wsi_pipeline.scoring.options import ScoreOptions
 from wsi_pipeline.scoring.planning import tissue_cells
 from wsi_pipeline.slide.reader import Slide
-from wsi_pipeline.tiling.grid import Block, plan_grid, split_blocks
+from wsi_pipeline.tiling.grid import plan_grid, split_blocks
 from wsi_pipeline.tiling.patches import read_block
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_slides" / "synthetic-node_19_000.svs"
+_WORK: dict = {}  # what a forked process scores with: the slide's grid, cells, blocks; its own slide, model
 
 
-def thread_rates(slide_path: Path, folder: Path, rounds: int) -> tuple[float, float, float]:
-    """Patches per second of one thread and of two threads over the slide's tissue blocks (best of
-    ``rounds``), and the patches' mean CPU seconds with one thread."""
+def _open(slide_path: Path, folder: Path) -> None:
+    """Open the slide and load the model in this process (one intra-op thread, as in workers)."""
+    _WORK["slide"] = Slide(slide_path)
+    _WORK["model"] = Model(folder, torch.device("cpu"), choose_engine(folder), threads=1)
+
+
+def _score(index: int) -> int:
+    """Read and score the ``index``-th block; its patches."""
+    block, cells = _WORK["blocks"][index], _WORK["cells"]
+    read = read_block(_WORK["slide"], _WORK["grid"], block, cells[block.cells])
+    _WORK["model"].predict(read.patches)
+    return len(read.patches)
+
+
+def _warm(barrier: multiprocessing.synchronize.Barrier) -> None:
+    _score(len(_WORK["blocks"]) - 1)  # first-call costs
+    barrier.wait()  # each process warms once
+
+
+def steady_rates(slide_path: Path, folder: Path, rounds: int) -> tuple[int, float, float, float, float]:
+    """Patches per second over the slide's tissue blocks of one thread, two threads of one process and two
+    processes, the model loaded and warm (best of ``rounds``, alternated so that other load on the machine
+    falls on each alike), and, first, the patches and, last, a patch's CPU seconds with one thread."""
     card = read_card(folder)
-    slide = Slide(slide_path)
-    grid = plan_grid(slide, card.patch_size, card.mpp, None)
-    cells, _ = tissue_cells(slide, grid, ScoreOptions())
+    _open(slide_path, folder)
+    grid = plan_grid(_WORK["slide"], card.patch_size, card.mpp, None)
+    cells, _ = tissue_cells(_WORK["slide"], grid, ScoreOptions())
     blocks = [b for b in split_blocks(cells.shape, ScoreOptions().block_cells) if cells[b.cells].any()]
     blocks.sort(key=lambda b: -int(cells[b.cells].sum()))
-    model = Model(folder, torch.device("cpu"), choose_engine(folder), threads=1)
-    model.predict(read_block(slide, grid, blocks[-1], cells[blocks[-1].cells]).patches)  # first-call costs
-
-    def score(threads: int) -> tuple[float, float]:
-        patches = []
-
-        def work(block: Block) -> None:
-            read = read_block(slide, grid, block, cells[block.cells])
-            model.predict(read.patches)
-            patches.append(len(read.patches))
-
-        cpu = time.process_time()
-        seconds = in_threads(blocks, work, threads)
-        return sum(patches) / seconds, (time.process_time() - cpu) / sum(patches)
-
-    one, two, cpu = [], [], []
-    for _ in range(rounds):  # alternated, so that the machine's other load falls on both alike
-        rate, per_patch = score(1)
-        one.append(rate)
-        cpu.append(per_patch)
-        two.append(score(2)[0])
-    slide.close()
-    return max(one), max(two), statistics.median(cpu)
+    _WORK.update(grid=grid, cells=cells, blocks=blocks)
+    jobs = list(range(len(blocks)))
+    patches = sum(int(cells[b.cells].sum()) for b in blocks)
+    _warm(multiprocessing.Barrier(1))
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    rates: dict[str, list[float]] = {"1 thread": [], "2 threads": [], "2 processes": []}
+    cpu = []
+    with context.Pool(2, initializer=_open, initargs=(slide_path, folder)) as pool:
+        pool.map(_warm, [barrier] * 2, chunksize=1)
+        for _ in range(rounds):
+            start = time.process_time()
+            rates["1 thread"].append(patches / in_threads(jobs, _score, 1))
+            cpu.append((time.process_time() - start) / patches)
+            rates["2 threads"].append(patches / in_threads(jobs, _score, 2))
+            start = time.perf_counter()
+            pool.map(_score, jobs, chunksize=1)
+            rates["2 processes"].append(patches / (time.perf_counter() - start))
+    _WORK["slide"].close()
+    one, threads, processes = (max(values) for values in rates.values())
+    return patches, one, threads, processes, statistics.median(cpu)
 
 
 def cold_seconds(slide: Path, folder: Path, scheduler: str, runs: int) -> float:
@@ -96,17 +117,23 @@ def main(argv: list[str] | None = None) -> None:
         "bundled default": bundled_models_dir() / DEFAULT_MODEL,
         "resnet18": resnet18_model(args.slide_cache / "resnet18-seed0", 0),
     }
-    print("| model | 1 thread, patches/s | 2 threads | speed-up | GIL share g | CPU ms per patch |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"{cmu.name}, 2 cores\n")
+    print(
+        "| model | CPU ms per patch | patches/s: 1 thread | 2 threads | 2 processes | threads / processes "
+        "| cold run, `threads` / `local` | start-up difference | processes win from |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, folder in models.items():
-        one, two, cpu = thread_rates(cmu, folder, args.rounds)
-        g = 2 * one / two - 1
-        print(f"| {name} | {one:.0f} | {two:.0f} | {two / one:.2f}× | {g:.3f} | {1e3 * cpu:.2f} |")
-    print("\n| slide | model | `--scheduler threads`, s | `local`, s | difference |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for slide, name in ((SAMPLE, "bundled default"), (cmu, "resnet18")):
-        threads, local = (cold_seconds(slide, models[name], s, args.runs) for s in ("threads", "local"))
-        print(f"| {slide.name} | {name} | {threads:.1f} | {local:.1f} | {local - threads:+.1f} |")
+        patches, one, threads, processes, cpu = steady_rates(cmu, folder, args.rounds)
+        cold = {s: cold_seconds(cmu, folder, s, args.runs) for s in ("threads", "local")}
+        saved = 1 / threads - 1 / processes  # seconds per patch that processes save
+        start_up = cold["local"] - cold["threads"] + patches * saved
+        crossover = f"{start_up / saved:,.0f} patches" if saved > 0 else "never"
+        print(
+            f"| {name} | {1e3 * cpu:.2f} | {one:.0f} | {threads:.0f} ({threads / one:.2f}×) "
+            f"| {processes:.0f} ({processes / one:.2f}×) | {threads / processes:.2f} "
+            f"| {cold['threads']:.1f} s / {cold['local']:.1f} s | {start_up:.1f} s | {crossover} |"
+        )
     print(f"\n(numpy {np.__version__}, torch {torch.__version__})")
 
 

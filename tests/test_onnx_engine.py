@@ -86,15 +86,23 @@ def test_the_bundled_default_model_runs_on_onnxruntime():
 
 def test_a_cached_export_is_reused_and_keyed_by_the_weights(tmp_path, cache, monkeypatch):
     first = tiny_model(tmp_path / "tiny")
+    reference = Model(first, CPU, "torch").predict(patches(4, 32))
     Model(first, CPU, "onnxruntime")
     assert len(list((cache / "onnx").glob("*.onnx"))) == 1
+    assert len(list((cache / "onnx").glob("*.checked.json"))) == 1
     assert not list((cache / "onnx").glob(".*partial"))  # written atomically: no leftovers
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
+    def no_torch_module(*args, **kwargs):
+        raise AssertionError("loaded the torch module")
+
     monkeypatch.setattr(onnx_engine, "export_onnx", no_export)
-    assert Model(first, CPU, "onnxruntime").engine == "onnxruntime"
+    monkeypatch.setattr(predict, "load_module", no_torch_module)  # the export was checked when made
+    again = Model(first, CPU, "onnxruntime")
+    assert again.engine == "onnxruntime"
+    np.testing.assert_allclose(again.predict(patches(4, 32)), reference, atol=1e-3)
     monkeypatch.undo()
     monkeypatch.setenv(onnx_engine.CACHE_ENV, str(cache))
     torch.manual_seed(5)
@@ -158,7 +166,7 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_dropped(tmp_path, ca
     with pytest.warns(UserWarning, match="differs from torch"):
         model = Model(folder, CPU, "onnxruntime")
     assert model.engine == "torch"
-    assert not list((cache / "onnx").glob("*.onnx"))  # the next load exports afresh
+    assert not list((cache / "onnx").glob("*"))  # the next load exports and checks afresh
     np.testing.assert_allclose(
         model.predict(patches(4, 32)), Model(folder, CPU, "torch").predict(patches(4, 32))
     )

@@ -6,8 +6,11 @@ Only light modules are imported here (no torch, Dask or matplotlib), so that ``-
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from wsi_pipeline.core.errors import ClusterError, InputError
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
@@ -104,3 +107,13 @@ def run_command(prog: str, command: Callable[[], int], interrupted: str = "inter
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def exit_at_once(code: int) -> NoReturn:
+    """End a command's process with status ``code`` once what it wrote is flushed and its log closed, without
+    the interpreter's finalization: unloading torch, ONNX Runtime and Dask took 1.2 s after a scoring run
+    that had finished everything it does (all files are closed and clusters shut down by then)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

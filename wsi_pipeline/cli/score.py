@@ -12,12 +12,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 from wsi_pipeline.cli.options import (
     add_model_options,
     add_quiet,
     add_threshold,
     add_verbose,
+    exit_at_once,
     print_error,
     run_command,
 )
@@ -315,5 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("wsi-score", lambda: score(args, ["wsi-score", *argv]), INTERRUPTED)
 
 
+def run() -> NoReturn:
+    """The ``wsi-score`` command: ``main``, then the process ends at once (``exit_at_once``)."""
+    exit_at_once(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -3,11 +3,13 @@ the process's thread budget.
 
 Exports are kept in the user's cache folder (``cache_dir``) under a key made of the weights' sha256, what the
 module is built from, and the exporter's versions; they are written atomically, so processes loading the same
-model at once never see half a file. ``Model`` (predict.py) checks every session against torch before using it
-and keeps torch when the two differ or anything here fails."""
+model at once never see half a file. ``Model`` (predict.py) checks an export against torch before its first
+use and records the check beside it (``mark_checked``); it keeps torch when the two differ or anything here
+fails."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import io
@@ -71,6 +73,31 @@ def cached_export(module: torch.nn.Module, input_shape: tuple[int, int, int], ke
     except OSError as error:
         warnings.warn(f"cannot cache the ONNX export in {path.parent} ({error})", UserWarning, stacklevel=2)
     return data, path
+
+
+def checked_export(key: str) -> tuple[bytes, Path] | None:
+    """A cached export that matched torch when it was made (``mark_checked``) and its path; None if none."""
+    path = cache_dir() / "onnx" / f"{key}.onnx"
+    if not (path.is_file() and _checked_path(path).is_file()):
+        return None
+    return path.read_bytes(), path
+
+
+def mark_checked(path: Path, difference: float) -> None:
+    """Record that the export at ``path`` gave torch's probabilities within ``difference`` (if the cache is
+    writable), so later loads use it without loading the torch module."""
+    with contextlib.suppress(OSError):
+        write_atomically(_checked_path(path), json.dumps({"max_difference": difference}))
+
+
+def forget_export(path: Path) -> None:
+    """Remove a cached export and its check, so the next load exports afresh."""
+    path.unlink(missing_ok=True)
+    _checked_path(path).unlink(missing_ok=True)
+
+
+def _checked_path(path: Path) -> Path:
+    return path.with_suffix(".checked.json")
 
 
 class OnnxEngine:

@@ -38,10 +38,11 @@ class Model:
 
     ``auto`` runs torch on CUDA (float16 autocast, channels_last). On the CPU it runs whichever of torch and
     ONNX Runtime scored a small batch faster, measured once per model and machine and cached
-    (``onnx_engine``); ``onnxruntime`` asks for ONNX Runtime on the CPU. An ONNX Runtime session is used only
-    after it gave the same probabilities as torch (within ``ONNX_TOLERANCE``) on random patches; when it does
-    not, or ONNX Runtime is missing or the export fails, the model warns and runs torch. ``engine`` says which
-    runs.
+    (``onnx_engine``); ``onnxruntime`` asks for ONNX Runtime on the CPU. An ONNX Runtime export is used only
+    after it gave the same probabilities as torch (within ``ONNX_TOLERANCE``) on random patches, checked once
+    when exported and recorded in the cache (later loads of a checked export do not load the torch module
+    until something needs it); when it does not, or ONNX Runtime is missing or the export fails, the model
+    warns and runs torch. ``engine`` says which runs.
 
     The default is torch. Scoring runs choose once, in the client, with ``choose_engine`` and give every
     worker that choice: ``auto``'s race can differ between processes with different thread counts, and a
@@ -86,8 +87,6 @@ class Model:
         self.weights_sha256 = file_sha256(self.weights_path)
         self.device = device
         self.threads = threads or torch.get_num_threads()  # of its ONNX Runtime sessions
-        module = load_module(self.weights_path, self.card)
-        self.module = module.eval().to(device, memory_format=torch.channels_last)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
         self._scale, self._shift = normalisation(self.card, device)
         self.engine, self.precision = "torch", "float32"
@@ -97,6 +96,14 @@ class Model:
             self._try_int8(calibration)
         if device.type == "cpu" and engine != "torch" and self.precision == "float32":
             self._try_onnxruntime(measure=engine == "auto")
+        if self.engine == "torch":
+            _ = self.module  # loaded now: a model torch runs fails here, not at its first batch
+
+    @functools.cached_property
+    def module(self) -> torch.nn.Module:
+        """The torch module on the device, loaded on first use (a checked ONNX export runs without it)."""
+        module = load_module(self.weights_path, self.card)
+        return module.eval().to(self.device, memory_format=torch.channels_last)
 
     def predict(
         self, patches: np.ndarray | torch.Tensor, batch_size: int = 256, tta: bool = False
@@ -163,17 +170,7 @@ class Model:
         return self._inputs(np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8))
 
     def _export_key(self) -> str:
-        """The cache key of this model's ONNX export."""
-        card = self.card
-        identity = {
-            "weights_sha256": self.weights_sha256,
-            "architecture": card.architecture,
-            "architecture_args": card.architecture_args,
-            "weights_format": card.weights_format,
-            "outputs": card.n_outputs,
-            "side": self.input_side,
-        }
-        return onnx_engine.export_key(identity)
+        return export_key(self.card, self.weights_sha256)
 
     def _try_int8(self, calibration: np.ndarray | str) -> None:
         """Switch to the int8 model calibrated on ``calibration`` when it agrees with float32; warn and keep
@@ -227,18 +224,26 @@ class Model:
             known = faster_engine(choice) if measure else "onnxruntime"
             if known == "torch":
                 return
-            data, path = onnx_engine.cached_export(self.module, (3, side, side), key)
-            engine = onnx_engine.OnnxEngine(data, self.threads)
-            x = self._random_inputs(CHECK_PATCHES)
-            reference, result = (probabilities(run(x), card.output) for run in (self._torch_logits, engine))
-            difference = float((reference - result).abs().max())
-            if not difference <= ONNX_TOLERANCE:
-                raise ValueError(
-                    f"it differs from torch by up to {difference:.2g} (tolerance {ONNX_TOLERANCE:g})"
+            checked = onnx_engine.checked_export(key) if known is not None else None
+            if checked is not None:  # matched torch when it was made
+                data, path = checked
+                engine = onnx_engine.OnnxEngine(data, self.threads)
+            else:
+                data, path = onnx_engine.cached_export(self.module, (3, side, side), key)
+                engine = onnx_engine.OnnxEngine(data, self.threads)
+                x = self._random_inputs(CHECK_PATCHES)
+                reference, result = (
+                    probabilities(run(x), card.output) for run in (self._torch_logits, engine)
                 )
+                difference = float((reference - result).abs().max())
+                if not difference <= ONNX_TOLERANCE:
+                    raise ValueError(
+                        f"it differs from torch by up to {difference:.2g} (tolerance {ONNX_TOLERANCE:g})"
+                    )
+                onnx_engine.mark_checked(path, difference)
         except Exception as error:  # not installed, export or session failed, or wrong numbers
             if path is not None:
-                path.unlink(missing_ok=True)  # a fresh export next time
+                onnx_engine.forget_export(path)  # a fresh export next time
             message = f"{self.folder}: ONNX Runtime not used, scoring with torch ({type(error).__name__}: "
             warnings.warn(message + f"{summarise_error(error)})", UserWarning, stacklevel=3)
             return
@@ -266,18 +271,39 @@ class Model:
 
 def choose_engine(folder: str | Path, engine: str = "auto") -> str:
     """The CPU engine (torch or onnxruntime) a scoring run's workers are to use: ``engine`` unless it is
-    ``auto``, which loads the model on the CPU with one torch thread (as each Dask worker has) and takes the
-    engine it picks (measured once per model and machine, then cached). Runs on CUDA use torch regardless."""
+    ``auto``: the engine measured faster with one thread (as each Dask worker has) when this model was raced
+    on this machine before, else the one the model picks when loaded on the CPU with one torch thread (and
+    cached). Runs on CUDA use torch regardless."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     if engine != "auto":
         return engine
+    folder = resolve_model_folder(folder)
+    card = read_card(folder)
+    with contextlib.suppress(ImportError):  # without ONNX Runtime the model warns and runs torch
+        key = export_key(card, file_sha256(folder / card.weights))
+        known = faster_engine(onnx_engine.choice_path(key, 1))
+        if known is not None:  # measured before: no need to load the model
+            return known
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         return Model(folder, torch.device("cpu"), "auto").engine
     finally:
         torch.set_num_threads(threads)
+
+
+def export_key(card: ModelCard, weights_sha256: str) -> str:
+    """The cache key of a model's ONNX export (and of its engine race and int8 models)."""
+    identity = {
+        "weights_sha256": weights_sha256,
+        "architecture": card.architecture,
+        "architecture_args": card.architecture_args,
+        "weights_format": card.weights_format,
+        "outputs": card.n_outputs,
+        "side": card.input_size or card.patch_size,
+    }
+    return onnx_engine.export_key(identity)
 
 
 def choose_int8(folder: str | Path, calibration: np.ndarray) -> str | None:
