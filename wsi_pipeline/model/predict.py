@@ -241,6 +241,8 @@ class Model:
                         f"it differs from torch by up to {difference:.2g} (tolerance {ONNX_TOLERANCE:g})"
                     )
                 onnx_engine.mark_checked(path, difference)
+        except InputError:  # the weights cannot be loaded at all: no engine can run them
+            raise
         except Exception as error:  # not installed, export or session failed, or wrong numbers
             if path is not None:
                 onnx_engine.forget_export(path)  # a fresh export next time
