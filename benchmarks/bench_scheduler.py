@@ -2,7 +2,7 @@
 
 1. Steady rates: the tissue blocks of a slide read and scored (``read_block`` + ``Model.predict``, one
    intra-op thread per model call, as in workers), the model loaded and warm, by one thread, by two threads
-   of one process (the ``threads`` scheduler's worker) and by two forked processes (the ``local`` cluster's
+   of one process (the ``threads`` scheduler's worker) and by two processes (the ``local`` cluster's
    workers). Threads share the GIL; the ratio of the two-thread rate to the two-process rate is what the
    in-process worker gives up while it runs.
 2. Start-up: ``wsi-score`` cold (a fresh process, a new output folder) with ``--scheduler threads`` and
@@ -41,13 +41,25 @@ from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.tiling.grid import plan_grid, split_blocks
 from wsi_pipeline.tiling.patches import read_block
 
-_WORK: dict = {}  # what a forked process scores with: the slide's grid, cells, blocks; its own slide, model
+_WORK: dict = {}  # what a process scores with: the slide's grid, cells, blocks; its own slide and model
 
 
 def _open(slide_path: Path, folder: Path) -> None:
     """Open the slide and load the model in this process (one intra-op thread, as in workers)."""
+    torch.set_num_threads(1)  # as in the local cluster (OMP_NUM_THREADS=1) and in the threads model calls
     _WORK["slide"] = Slide(slide_path)
     _WORK["model"] = Model(folder, torch.device("cpu"), choose_engine(folder), threads=1)
+
+
+def _open_warm(
+    slide_path: Path, folder: Path, work: dict, barrier: multiprocessing.synchronize.Barrier
+) -> None:
+    """A pool process's start: ``_open``, take the blocks to score (``work``), score the smallest once
+    (first-call costs), then wait for the other processes to be as far."""
+    _open(slide_path, folder)
+    _WORK.update(work)
+    _score(len(_WORK["blocks"]) - 1)
+    barrier.wait()
 
 
 def _score(index: int) -> int:
@@ -56,11 +68,6 @@ def _score(index: int) -> int:
     read = read_block(_WORK["slide"], _WORK["grid"], block, cells[block.cells])
     _WORK["model"].predict(read.patches)
     return len(read.patches)
-
-
-def _warm(barrier: multiprocessing.synchronize.Barrier) -> None:
-    _score(len(_WORK["blocks"]) - 1)  # first-call costs
-    barrier.wait()  # each process warms once
 
 
 def steady_rates(slide_path: Path, folder: Path, rounds: int) -> tuple[int, float, float, float, float]:
@@ -76,13 +83,14 @@ def steady_rates(slide_path: Path, folder: Path, rounds: int) -> tuple[int, floa
     _WORK.update(grid=grid, cells=cells, blocks=blocks)
     jobs = list(range(len(blocks)))
     patches = sum(int(cells[b.cells].sum()) for b in blocks)
-    _warm(multiprocessing.Barrier(1))
-    context = multiprocessing.get_context("fork")
+    _score(len(blocks) - 1)  # first-call costs
+    context = multiprocessing.get_context("spawn")  # a fork of a process that ran torch may hang in OpenMP
     barrier = context.Barrier(2)
+    work = {"grid": grid, "cells": cells, "blocks": blocks}
     rates: dict[str, list[float]] = {"1 thread": [], "2 threads": [], "2 processes": []}
     cpu = []
-    with context.Pool(2, initializer=_open, initargs=(slide_path, folder)) as pool:
-        pool.map(_warm, [barrier] * 2, chunksize=1)
+    with context.Pool(2, initializer=_open_warm, initargs=(slide_path, folder, work, barrier)) as pool:
+        pool.map(len, [()] * 2, chunksize=1)  # returns once both processes are warm (the barrier)
         for _ in range(rounds):
             start = time.process_time()
             rates["1 thread"].append(patches / in_threads(jobs, _score, 1))

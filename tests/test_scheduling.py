@@ -154,12 +154,12 @@ def test_the_cluster_starts_while_the_first_slide_is_planned(slide, probe_model,
     assert seen == [True] and [r.status for r in results] == ["ok"]
 
 
-@pytest.mark.parametrize(("process_cores", "chosen"), [(5, "threads"), (2, "local")])
+@pytest.mark.parametrize(("process_cores", "chosen"), [(8, "threads"), (2, "local")])
 def test_auto_picks_threads_or_processes_from_the_work_planned(
     slide, probe_model, tmp_path, monkeypatch, caplog, process_cores, chosen
 ):
     """``auto`` counts the first slide's patches: with the thresholds lowered so that this slide
-    is a large job (86 patches against 60), 2 workers get threads below 5 cores and processes from 2."""
+    is a large job (86 patches against 60), 2 workers get threads below 8 cores and processes from 2."""
     from wsi_pipeline.scoring import cluster
 
     monkeypatch.setattr(cluster, "AUTO_PROCESS_PATCHES", 60)

@@ -18,6 +18,10 @@ from wsi_pipeline.findings.summary import DEMONSTRATION_TITLE, NOT_ASSESSED, ans
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import Heatmap
 
+# zlib level of the pictures: photographs hardly compress further, and level 6 takes 2-3× as long (the
+# overlay of CMU-1 tiled: 0.37 s against 0.57-0.70 s to write, 14% larger)
+PNG_COMPRESSION = 1
+
 COLORMAP = "viridis"  # perceptually uniform; fixed range 0-1
 HEATMAP_ALPHA = 0.5
 OUTLINE_RGB = (0, 255, 255)  # cyan: not in viridis, nor in H&E
@@ -96,7 +100,7 @@ def write_overlay(path: str | Path, heatmap: Heatmap, regions: list[Region], sum
     )
     title = overlay_title(summary, note)
     figure.text(MARGINS["left"] / fig_width, 1 - 6 / fig_height, title, va="top", ha="left", fontsize=8)
-    figure.savefig(path, dpi=DPI, format="png")
+    figure.savefig(path, dpi=DPI, format="png", pil_kwargs={"compress_level": PNG_COMPRESSION})
     return Path(path)
 
 

@@ -12,7 +12,9 @@ threshold and k asked for means the set is complete."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from wsi_pipeline.core.errors import InputError
@@ -78,10 +80,26 @@ def write_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptio
     summary["review_tiles"], summary["explain"] = options.review_tiles, options.explain
     geojson = qupath_geojson(heatmap, regions, tiles=options.geojson_tiles)
     write_atomically(paths["geojson"], json.dumps(geojson, allow_nan=False))
-    write_atomically(paths["overlay"], lambda path: write_overlay(path, heatmap, regions, summary))
-    if options.review_tiles:
-        review = (options.review_tiles, options.explain)
-        write_atomically(paths["review"], lambda path: write_review(path, heatmap, regions, summary, *review))
+    with ThreadPoolExecutor(2, thread_name_prefix="wsi-pictures") as pictures:  # both read the slide, encode
+        drawn = [
+            pictures.submit(
+                write_atomically,
+                paths["overlay"],
+                partial(write_overlay, heatmap=heatmap, regions=regions, summary=summary),
+            )
+        ]
+        if options.review_tiles:
+            review = partial(
+                write_review,
+                heatmap=heatmap,
+                regions=regions,
+                summary=summary,
+                tiles=options.review_tiles,
+                explain=options.explain,
+            )
+            drawn.append(pictures.submit(write_atomically, paths["review"], review))
+        for picture in drawn:
+            picture.result()
     if options.tile_table:
         write_tile_table(paths["tiles"], heatmap)
     if options.dicom:

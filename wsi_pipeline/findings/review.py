@@ -22,7 +22,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.findings.overlay import overlay_title
+from wsi_pipeline.findings.overlay import PNG_COMPRESSION, overlay_title
 from wsi_pipeline.findings.regions import Region, tumour_scores
 from wsi_pipeline.findings.summary import answer_parts
 from wsi_pipeline.model.predict import Model
@@ -39,7 +39,6 @@ PAIR_GAP, ITEM_GAP, MARGIN = 2, 12, 12  # px between a tile and its saliency, be
 HEADER, LABEL, CAPTION = 66, 20, 30  # px of the title, of a section's label, of the lines under a tile
 SALIENCY_COLORMAP = "inferno"
 SALIENCY_ALPHA = 0.65  # opacity of the saliency colour where the map is 1 (in proportion below)
-PNG_COMPRESSION = 1  # zlib level: photographs hardly compress further, and level 6 takes 3× as long
 SALIENCY_NOTE = (
     "saliency: Grad-CAM of {tumour} on the last convolutional stage, each map scaled to its maximum"
 )

@@ -17,13 +17,14 @@ from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
 # cost a page-fault storm (measured: the model ran 25-45% slower inside workers).
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 
-# ``auto``: worker processes only where in-process threads would lose more to the GIL than the processes'
-# start-up costs. On 2 cores threads were faster at every job size (71-3,670 patches); two threads scored
-# 1.86-1.98x one thread's rate, i.e. ~1-4% of a patch's time holds the GIL. By Amdahl's law that share costs
-# threads 10% or more of their rate from 5 cores, which outweighs the process cluster's few seconds of
-# start-up from about 40,000 patches (resnet18, ~4 ms per patch per core). README: "Choosing the scheduler".
-AUTO_PROCESS_CORES = 5
-AUTO_PROCESS_PATCHES = 40_000
+# ``auto``: in-process threads unless many cores and a large job. Measured on 2 cores
+# (benchmarks/bench_scheduler.py): two threads of one process scored 1.13-1.19x the patches per second of two
+# worker processes, and started 1.2-1.5 s sooner, so processes never win here. Beyond the cores measured,
+# the GIL's share of a patch (at most 5-9%, from one thread to two: 1.83-1.91x) would cap threads by Amdahl's
+# law, on 8 cores at 0.67-0.78 of processes that scaled fully; that pays a larger cluster's start-up from
+# roughly 15,000 resnet18 patches. Not measured on such a machine: the thresholds take twice that.
+AUTO_PROCESS_CORES = 8
+AUTO_PROCESS_PATCHES = 30_000
 
 
 def choose_scheduler(patches: int, cores: int) -> str:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from wsi_pipeline.tiling.grid import Block
 
 SCHEDULERS_HELP = (  # the schedulers cluster.dask_client starts or joins, and auto's choice between two
-    "auto (default: threads, or local for large jobs on 5 or more cores), local (worker processes sized to "
+    "auto (default: threads, or local for large jobs on 8 or more cores), local (worker processes sized to "
     "the machine), threads (one in-process worker), slurm (worker jobs submitted to SLURM), tcp://HOST:PORT"
 )
 
