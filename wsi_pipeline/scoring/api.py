@@ -141,12 +141,17 @@ def score_slides(
     def connect(planning: Scheduler) -> contextlib.AbstractContextManager[Client]:
         if client is not None:
             return contextlib.nullcontext(client)
-        chosen = scheduler
-        if scheduler == "auto":
+
+        def patch_scores() -> int:  # about: the first slide's, as many times as there are slides
             first = planning.first_plan()
             patches = 0 if first is None else first.patches * len(slide_paths) * len(members)
-            chosen = choose_scheduler(patches * (8 if options.tta else 1), n_workers or os.cpu_count() or 1)
-            _log.info("scheduler auto: %s for about %d patch scores", chosen, patches)
+            _log.info("scheduler auto: about %d patch scores", patches * (8 if options.tta else 1))
+            return patches * (8 if options.tta else 1)
+
+        chosen = scheduler
+        if scheduler == "auto":
+            chosen = choose_scheduler(n_workers or os.cpu_count() or 1, patch_scores)
+            _log.info("scheduler auto: %s", chosen)
         return dask_client(scheduler=chosen, n_workers=n_workers, slurm=slurm)
 
     return _score(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dask
 
@@ -27,10 +27,13 @@ AUTO_PROCESS_CORES = 8
 AUTO_PROCESS_PATCHES = 30_000
 
 
-def choose_scheduler(patches: int, cores: int) -> str:
-    """``auto``'s choice for about ``patches`` patch scores on ``cores`` cores: ``local`` (worker processes)
-    for large jobs on many cores, else ``threads``."""
-    return "local" if cores >= AUTO_PROCESS_CORES and patches >= AUTO_PROCESS_PATCHES else "threads"
+def choose_scheduler(cores: int, patches: Callable[[], int]) -> str:
+    """``auto``'s choice on ``cores`` cores: ``local`` (worker processes) for a large job on many cores, else
+    ``threads``; ``patches()``, the job's patch scores (which may wait for planning), is asked for only on
+    ``AUTO_PROCESS_CORES`` cores or more."""
+    if cores >= AUTO_PROCESS_CORES and patches() >= AUTO_PROCESS_PATCHES:
+        return "local"
+    return "threads"
 
 
 @contextlib.contextmanager
