@@ -18,13 +18,14 @@ from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 
 # ``auto``: in-process threads unless many cores and a large job. Measured on 2 cores
-# (benchmarks/bench_scheduler.py): two threads of one process scored 1.13-1.19x the patches per second of two
-# worker processes, and started 1.2-1.5 s sooner, so processes never win here. Beyond the cores measured,
-# the GIL's share of a patch (at most 5-9%, from one thread to two: 1.83-1.91x) would cap threads by Amdahl's
-# law, on 8 cores at 0.67-0.78 of processes that scaled fully; that pays a larger cluster's start-up from
-# roughly 15,000 resnet18 patches. Not measured on such a machine: the thresholds take twice that.
+# (benchmarks/bench_scheduler.py, CMU-1 tiled, warm, one intra-op thread per model call everywhere): two
+# threads of one process scored 0.96x (bundled model) and 1.00x (resnet18) the patches per second of two
+# worker processes, which started 1.9-2.0 s later: processes would win only from about 110,000 (bundled
+# model) and 590,000 (resnet18) patches. The GIL's share that the 0.96 implies (4%) would grow with the cores
+# by Amdahl's law: on 8 they would leave threads at 0.78 of processes, which would pay the processes' start-up
+# from roughly 90,000 patches of the bundled model. Not measured on such a machine.
 AUTO_PROCESS_CORES = 8
-AUTO_PROCESS_PATCHES = 30_000
+AUTO_PROCESS_PATCHES = 100_000
 
 
 def choose_scheduler(cores: int, patches: Callable[[], int]) -> str:
