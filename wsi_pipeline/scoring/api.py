@@ -145,8 +145,9 @@ def score_slides(
         def patch_scores() -> int:  # about: the first slide's, as many times as there are slides
             first = planning.first_plan()
             patches = 0 if first is None else first.patches * len(slide_paths) * len(members)
-            _log.info("scheduler auto: about %d patch scores", patches * (8 if options.tta else 1))
-            return patches * (8 if options.tta else 1)
+            scores = patches * (8 if options.tta else 1)
+            _log.info("scheduler auto: about %d patch scores", scores)
+            return scores
 
         chosen = scheduler
         if scheduler == "auto":
