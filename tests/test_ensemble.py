@@ -85,7 +85,12 @@ def test_an_ensemble_heatmap_is_the_mean_of_its_members(tmp_path, models, slide,
     }
     chosen = []
     choose_engine = planning.choose_engine
-    monkeypatch.setattr(planning, "choose_engine", lambda *args: chosen.append(args) or choose_engine(*args))
+
+    def spy(*args, **kwargs):
+        chosen.append(args)
+        return choose_engine(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "choose_engine", spy)
     result = scored(slide, [models["a"], models["b"]], tmp_path / "ab", client)
     assert [Path(folder) for folder, _ in chosen] == [models["a"], models["b"]]  # one engine per member
     ensemble = read_heatmap(result.heatmap)

@@ -224,13 +224,10 @@ class Model:
             known = faster_engine(choice) if measure else "onnxruntime"
             if known == "torch":
                 return
-            checked = onnx_engine.checked_export(key) if known is not None else None
-            if checked is not None:  # matched torch when it was made
-                data, path = checked
-                engine = onnx_engine.OnnxEngine(data, self.threads)
-            else:
-                data, path = onnx_engine.cached_export(self.module, (3, side, side), key)
-                engine = onnx_engine.OnnxEngine(data, self.threads)
+            checked = onnx_engine.checked_export(key)  # matched torch when it was made
+            data, path = checked or onnx_engine.cached_export(self.module, (3, side, side), key)
+            engine = onnx_engine.OnnxEngine(data, self.threads)
+            if checked is None:
                 x = self._random_inputs(CHECK_PATCHES)
                 reference, result = (
                     probabilities(run(x), card.output) for run in (self._torch_logits, engine)
@@ -271,11 +268,12 @@ class Model:
         return min(seconds, key=seconds.get)
 
 
-def choose_engine(folder: str | Path, engine: str = "auto") -> str:
+def choose_engine(folder: str | Path, engine: str = "auto", *, weights_sha256: str | None = None) -> str:
     """The CPU engine (torch or onnxruntime) a scoring run's workers are to use: ``engine`` unless it is
     ``auto``: the engine measured faster with one thread (as each Dask worker has) when this model was raced
     on this machine before, else the one the model picks when loaded on the CPU with one torch thread (and
-    cached). Runs on CUDA use torch regardless."""
+    cached). Runs on CUDA use torch regardless. ``weights_sha256``: the weights' hash when the caller has
+    it (else the weights are hashed here)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     if engine != "auto":
@@ -283,7 +281,7 @@ def choose_engine(folder: str | Path, engine: str = "auto") -> str:
     folder = resolve_model_folder(folder)
     card = read_card(folder)
     with contextlib.suppress(ImportError):  # without ONNX Runtime the model warns and runs torch
-        key = export_key(card, file_sha256(folder / card.weights))
+        key = export_key(card, weights_sha256 or file_sha256(folder / card.weights))
         known = faster_engine(onnx_engine.choice_path(key, 1))
         if known is not None:  # measured before: no need to load the model
             return known

@@ -75,8 +75,9 @@ def model_source(folder: Path, card: ModelCard, options: ScoreOptions) -> ModelS
     Returns:
         The folder's absolute path, the weights' sha256, the device and the resolved engine.
     """
-    engine = choose_engine(folder, options.engine)
-    return ModelSource(str(folder.resolve()), file_sha256(folder / card.weights), options.device, engine)
+    weights_sha256 = file_sha256(folder / card.weights)
+    engine = choose_engine(folder, options.engine, weights_sha256=weights_sha256)
+    return ModelSource(str(folder.resolve()), weights_sha256, options.device, engine)
 
 
 @dataclass(frozen=True)

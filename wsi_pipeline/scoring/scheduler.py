@@ -135,7 +135,7 @@ class Scheduler:
                 while self.active and self.active[0].ready_to_settle:
                     results.append(self._settle(self.active.popleft()))
         finally:
-            self._abandon()
+            self._abandon()  # while the client is up (leaving the context abandons a run never begun)
         return results
 
     def _plan_ahead(self) -> None:
