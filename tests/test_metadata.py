@@ -312,6 +312,13 @@ def test_a_complete_heatmap_of_an_earlier_version_is_kept(tmp_path, client, fixt
     assert parameter_differences(before.metadata, after.metadata) == []
 
 
+def same_probabilities(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Equal but for the last bit of float32 probabilities (whose spacing below 1 is up to 6e-8): the fixtures'
+    code computed softmax in torch, this code in float64 (``model.predict.probabilities``); the same cells are
+    scored (NaN elsewhere)."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=np.finfo(np.float32).eps)
+
+
 @pytest.mark.parametrize("fixtures", [V1, V2, V4], ids=["v1", "v2", "v4"])
 def test_a_partial_heatmap_of_an_earlier_version_is_resumed_to_the_uninterrupted_result(
     tmp_path, client, monkeypatch, fixtures
@@ -333,7 +340,7 @@ def test_a_partial_heatmap_of_an_earlier_version_is_resumed_to_the_uninterrupted
     assert (resumed.metadata.slide, resumed.metadata.models) == (fresh.metadata.slide, fresh.metadata.models)
     old = read_heatmap(fixtures / "complete" / "node.zarr")
     for reference in (fresh, old):  # this code's, and the old code's
-        np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
+        same_probabilities(resumed.probabilities, reference.probabilities)
         np.testing.assert_array_equal(resumed.tissue, reference.tissue)
 
 
@@ -346,7 +353,7 @@ def test_an_earlier_heatmap_is_read_as_it_was_unless_the_options_say_otherwise(t
     assert stored(store)["version"] == 4  # left alone
     store = copied("partial", tmp_path / "off", V4)
     assert score(store.parent, client, jpeg_scaling="off").status == "ok"
-    np.testing.assert_array_equal(
+    same_probabilities(
         read_heatmap(store).probabilities, read_heatmap(V4 / "complete" / "node.zarr").probabilities
     )
 

@@ -12,7 +12,7 @@ import torch
 from wsi_pipeline import read_heatmap
 from wsi_pipeline.cli.score import main
 from wsi_pipeline.model import onnx as onnx_engine
-from wsi_pipeline.model import predict
+from wsi_pipeline.model import predict, weights
 from wsi_pipeline.model.architectures import build_module
 from wsi_pipeline.model.bundled import DEFAULT_MODEL
 from wsi_pipeline.model.card import ModelCard
@@ -99,7 +99,7 @@ def test_a_cached_export_is_reused_and_keyed_by_the_weights(tmp_path, cache, mon
         raise AssertionError("loaded the torch module")
 
     monkeypatch.setattr(onnx_engine, "export_onnx", no_export)
-    monkeypatch.setattr(predict, "load_module", no_torch_module)  # the export was checked when made
+    monkeypatch.setattr(weights, "load_module", no_torch_module)  # the export was checked when made
     again = Model(first, CPU, "onnxruntime")
     assert again.engine == "onnxruntime"
     np.testing.assert_allclose(again.predict(patches(4, 32)), reference, atol=1e-3)

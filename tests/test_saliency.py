@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from wsi_pipeline import ModelCard, Slide, build_module, save_model
+from wsi_pipeline.core.errors import SaliencyUnavailableError
 from wsi_pipeline.model.predict import Model
-from wsi_pipeline.model.saliency import SaliencyUnavailableError, last_conv_stage, tumour_log_odds
+from wsi_pipeline.model.saliency import last_conv_stage, tumour_log_odds
 from wsi_pipeline.synthetic.scene import make_scene
 from wsi_pipeline.synthetic.sets import write_synthetic_slide
 

@@ -1,5 +1,6 @@
 """Fast start: importing the package, every command's ``--help`` and reading a heatmap load neither torch,
-Dask nor matplotlib. Each check runs in a fresh interpreter, so nothing this test session imported counts."""
+Dask nor matplotlib, and scoring with a checked ONNX Runtime export loads no torch. Each check runs in a fresh
+interpreter, so nothing this test session imported counts."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from wsi_pipeline import score_slide
+from wsi_pipeline import read_heatmap, score_slide
+from wsi_pipeline.core.files import CACHE_ENV
 
 from .conftest import make_slide
 
@@ -81,3 +84,23 @@ print(heatmap.complete, int(heatmap.tissue.sum()) > 0)
     output, modules = run_fresh(code)
     assert output == "True True"
     assert heavy(modules) == []
+
+
+def test_scoring_with_a_checked_onnx_export_never_loads_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # no export yet
+    slide = tmp_path / "s.svs"
+    make_slide(slide, 1600, 1200, 0.5, [(500, 400, 900, 700)])
+    code = """
+from wsi_pipeline.cli.score import main
+print(main([{slide!r}, "-o", {out!r}, "--engine", "onnxruntime", "--scheduler", "threads", "-q"]))
+"""
+    first_output, first_modules = run_fresh(code.format(slide=str(slide), out=str(tmp_path / "first")))
+    assert "torch" in first_modules  # the export is made and checked against torch once
+    output, modules = run_fresh(code.format(slide=str(slide), out=str(tmp_path / "again")))
+    assert output.splitlines()[-1] == first_output.splitlines()[-1] == "0"
+    assert sorted(name for name in modules if name.split(".")[0] == "torch") == []
+    assert {"onnxruntime", "dask", "matplotlib"} <= modules  # it did score and draw its reports
+    first, again = (read_heatmap(tmp_path / name / "s.zarr") for name in ("first", "again"))
+    np.testing.assert_array_equal(again.probabilities, first.probabilities)
+    assert again.metadata.engines == first.metadata.engines == ("onnxruntime",)
+    assert again.metadata.devices == ("cpu",)

@@ -25,6 +25,10 @@ class ClusterError(Exception):
     """The cluster asked for cannot be started: a command or package missing, its jobs refused."""
 
 
+class SaliencyUnavailableError(Exception):
+    """Grad-CAM cannot explain this model (the message, one line, says why)."""
+
+
 class OutputError(InputError):
     """The output folder cannot take what a run writes: it cannot be made, is not writable, or is full."""
 

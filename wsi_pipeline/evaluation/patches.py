@@ -21,7 +21,7 @@ from wsi_pipeline.evaluation.metrics import (
     specificity,
 )
 from wsi_pipeline.evaluation.plots import plot_errors
-from wsi_pipeline.model.device import resolve_device
+from wsi_pipeline.model.device import device_name
 from wsi_pipeline.model.predict import Model
 
 THRESHOLD = 0.5  # binary: predicted tumour when the tumour class's probability is at least this
@@ -148,7 +148,7 @@ def evaluate_patch_data(
     ``{"kind": "patches", "data": its description, "metrics": see evaluate_patches, "errors": the most
     confident errors (``confident_errors``), "model": name, architecture, folder and weights sha256}``; with
     ``errors_png``, those errors drawn there (``plots.plot_errors``) and its path as ``"errors_png"``."""
-    loaded = Model(model, resolve_device(device))
+    loaded = Model(model, device_name(device))
     with open_patch_dataset(data, split=split) as dataset:
         labels, probs = score_patches(loaded, dataset, batch_size, tta, show_progress=show_progress)
         metrics = patch_metrics(labels, probs, dataset.class_names) | {"tta": tta}

@@ -17,16 +17,14 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from wsi_pipeline.core.errors import InputError
+from wsi_pipeline.core.errors import InputError, SaliencyUnavailableError
 from wsi_pipeline.findings.overlay import PNG_COMPRESSION, overlay_title
 from wsi_pipeline.findings.regions import Region, tumour_scores
 from wsi_pipeline.findings.summary import answer_parts
 from wsi_pipeline.model.predict import Model
-from wsi_pipeline.model.saliency import SaliencyUnavailableError
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import Heatmap
 from wsi_pipeline.store.metadata import HeatmapRecord
@@ -80,7 +78,7 @@ def explaining_model(folder: str, weights_sha256: str) -> Model:
     """A model that scored a heatmap, loaded once per process on the CPU for Grad-CAM; refused
     (``SaliencyUnavailableError``) when its folder is gone or holds other weights than those that scored."""
     try:
-        model = Model(folder, torch.device("cpu"))
+        model = Model(folder, "cpu")
     except (InputError, ValueError) as error:
         raise SaliencyUnavailableError(f"the model cannot be loaded ({error})") from None
     if model.weights_sha256 != weights_sha256:

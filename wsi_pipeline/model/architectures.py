@@ -4,39 +4,21 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from wsi_pipeline.model.card import ModelCard
-from wsi_pipeline.model.compact_cnn import CompactCNN
-from wsi_pipeline.model.tiatoolbox import TiatoolboxCNN
 
+if TYPE_CHECKING:
+    import torch
 
-class CentreColour(torch.nn.Module):
-    """A linear function of the mean normalised colour of the patch's centre square.
-
-    Transparent and deterministic: used to check geometry end to end and to measure pipeline I/O with a model
-    that costs next to nothing.
-    """
-
-    def __init__(self, num_classes: int = 1, centre: int = 32) -> None:
-        super().__init__()
-        self.centre = centre
-        self.linear = torch.nn.Linear(3, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        top, left = (height - self.centre) // 2, (width - self.centre) // 2
-        colour = x[..., top : top + self.centre, left : left + self.centre].mean(dim=(-2, -1))
-        return self.linear(colour)
-
-
-# Architectures by card name, each called with ``num_classes`` and the card's ``architecture_args``
-ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
-    "centre_colour": CentreColour,
-    "compact_cnn": CompactCNN,
-    "tiatoolbox_cnn": TiatoolboxCNN,
+# Architectures by card name (``module:class``, imported when built, so that naming one needs no torch), each
+# called with ``num_classes`` and the card's ``architecture_args``
+ARCHITECTURES = {
+    "centre_colour": "wsi_pipeline.model.centre_colour:CentreColour",
+    "compact_cnn": "wsi_pipeline.model.compact_cnn:CompactCNN",
+    "tiatoolbox_cnn": "wsi_pipeline.model.tiatoolbox:TiatoolboxCNN",
 }
 
 
@@ -61,9 +43,11 @@ LIBRARIES = {
 
 def module_factory(architecture: str) -> Callable[..., torch.nn.Module]:
     """The constructor of an architecture, called with ``num_classes`` and the card's ``architecture_args``;
-    ValueError for an unknown one."""
+    ValueError for an unknown one. Ours are named without importing torch; a library's name is looked up
+    in the library (which imports torch)."""
     if architecture in ARCHITECTURES:
-        return ARCHITECTURES[architecture]
+        module, _, name = ARCHITECTURES[architecture].partition(":")
+        return functools.partial(_ours, module, name)
     library, _, name = architecture.rpartition(":")
     lookup = LIBRARIES.get(library or "timm")
     factory = lookup(name) if lookup else None
@@ -73,6 +57,10 @@ def module_factory(architecture: str) -> Callable[..., torch.nn.Module]:
             f"{', '.join(ARCHITECTURES)})"
         )
     return factory
+
+
+def _ours(module: str, name: str, **arguments: object) -> torch.nn.Module:
+    return getattr(importlib.import_module(module), name)(**arguments)
 
 
 def build_module(card: ModelCard) -> torch.nn.Module:

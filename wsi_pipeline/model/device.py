@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# the CUDA driver library, without which torch has no CUDA device (macOS: torch has no CUDA)
+CUDA_DRIVER = {"win32": "nvcuda.dll", "darwin": None}.get(sys.platform, "libcuda.so.1")
+
+
+def cuda_driver_present() -> bool:
+    """Whether the CUDA driver library loads here: when it does not, no CUDA device can be used, which is
+    known without importing torch."""
+    if CUDA_DRIVER is None:
+        return False
+    try:
+        ctypes.CDLL(CUDA_DRIVER)
+    except OSError:
+        return False
+    return True
+
+
+def device_name(name: str = "auto") -> str:
+    """``resolve_device``'s device by name (``cpu``, ``cuda``, ``cuda:N``); torch is imported only to
+    ask it about CUDA on a machine with a CUDA driver."""
+    if name == "cpu" or (name == "auto" and not cuda_driver_present()):
+        return "cpu"
+    return str(resolve_device(name))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device when one is present, else the CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
+    import torch
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_driver_present() and torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -22,9 +51,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def inference_context(device: torch.device) -> contextlib.AbstractContextManager:
+def inference_context(device_type: str) -> contextlib.AbstractContextManager:
     """No gradients; mixed precision (float16 autocast) on CUDA, full precision on the CPU."""
+    import torch
+
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
-    stack.enter_context(torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"))
+    stack.enter_context(torch.autocast(device_type, dtype=torch.float16, enabled=device_type == "cuda"))
     return stack

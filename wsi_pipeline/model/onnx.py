@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import inspect
 import io
 import json
@@ -18,22 +19,24 @@ import os
 import platform
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from wsi_pipeline.core.files import CACHE_ENV as CACHE_ENV  # where the tests set the cache folder
 from wsi_pipeline.core.files import cache_dir, write_atomically
+
+if TYPE_CHECKING:
+    import torch
 
 OPSET = 17
 
 
 def export_key(identity: dict) -> str:
     """Cache key of an export: ``identity`` (weights sha256 and what builds the module) plus the versions of
-    the exporter (torch, onnx) and the opset."""
-    import onnx
-
-    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET}
+    the exporter (torch, onnx: as installed, so neither is imported) and the opset."""
+    versions = {name: importlib.metadata.version(name) for name in ("torch", "onnx")}
+    versions["opset"] = OPSET
     text = json.dumps({**identity, **versions}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -41,6 +44,8 @@ def export_key(identity: dict) -> str:
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, int, int]) -> bytes:
     """The ONNX model of a CPU module taking float NCHW input of ``input_shape`` (C, H, W), any batch size,
     giving logits."""
+    import torch
+
     example = torch.zeros((2, *input_shape))
     buffer = io.BytesIO()
     # the TorchScript-based exporter: the only one before torch 2.5, and an option (dynamo=False) since
@@ -113,9 +118,10 @@ class OnnxEngine:
         self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.threads = threads
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {"input": np.ascontiguousarray(x.numpy())})
-        return torch.from_numpy(logits)
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logits (N, outputs) of a CPU batch."""
+        (logits,) = self.session.run(None, {"input": np.ascontiguousarray(x)})
+        return logits
 
 
 def choice_path(key: str, threads: int) -> Path:

@@ -1,4 +1,6 @@
-"""A loaded model scoring uint8 patches in batches, on torch or (CPU) ONNX Runtime, chosen by measurement."""
+"""A loaded model scoring uint8 patches in batches, on torch or (CPU) ONNX Runtime, chosen by measurement.
+
+ONNX Runtime's path needs no torch: a process that scores with a checked export never imports it."""
 
 from __future__ import annotations
 
@@ -6,13 +8,14 @@ import contextlib
 import functools
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from wsi_pipeline.core.errors import InputError, summarise_error
 from wsi_pipeline.core.files import file_sha256, write_atomically
@@ -20,12 +23,16 @@ from wsi_pipeline.model import onnx as onnx_engine
 from wsi_pipeline.model import quantize
 from wsi_pipeline.model.bundled import resolve_model_folder
 from wsi_pipeline.model.card import ENGINES, PRECISIONS, ModelCard
-from wsi_pipeline.model.device import inference_context
 from wsi_pipeline.model.folder import read_card
 from wsi_pipeline.model.quantize import Agreement
-from wsi_pipeline.model.saliency import GradCam
 from wsi_pipeline.model.tta import dihedral
-from wsi_pipeline.model.weights import load_module
+
+if TYPE_CHECKING:
+    import torch
+
+    from wsi_pipeline.model.saliency import GradCam
+
+    Inputs = np.ndarray | torch.Tensor  # normalised float NCHW: numpy for ONNX Runtime, a tensor for torch
 
 ONNX_TOLERANCE = 1e-3  # largest |Δ probability| between ONNX Runtime and torch that the load check accepts
 CHECK_PATCHES = 8  # random patches of the load check
@@ -56,8 +63,9 @@ class Model:
     calibrated): the cached model is then used as it is, and its absence is an error. ``precision`` says
     which runs, ``calibration_sha256`` what int8 was calibrated on.
 
-    ``threads``: the intra-op threads of its ONNX Runtime sessions (None: torch's count); scoring workers
-    give one, each of their threads being one core.
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (or a ``torch.device``); ``Model.device`` is its name.
+    ``threads``: the intra-op threads of its ONNX Runtime sessions (None: the cores this process may use);
+    scoring workers give one, each of their threads being one core.
 
     Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
     """
@@ -65,7 +73,7 @@ class Model:
     def __init__(
         self,
         folder: str | Path,
-        device: torch.device,
+        device: str | torch.device = "cpu",
         engine: str = "torch",
         precision: str = "float32",
         calibration: np.ndarray | str | None = None,
@@ -75,9 +83,11 @@ class Model:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        if engine == "onnxruntime" and device.type != "cpu":
+        self.device = str(device)
+        on_cpu = self.device_type == "cpu"
+        if engine == "onnxruntime" and not on_cpu:
             raise ValueError(f"the onnxruntime engine runs on the CPU, not {device}")
-        if precision == "int8" and device.type != "cpu":
+        if precision == "int8" and not on_cpu:
             raise ValueError(f"int8 runs on the CPU, not {device}")
         if precision == "int8" and calibration is None:
             raise ValueError("int8 needs calibration patches (or the sha256 of cached ones)")
@@ -85,23 +95,31 @@ class Model:
         self.card = read_card(self.folder)
         self.weights_path = self.folder / self.card.weights
         self.weights_sha256 = file_sha256(self.weights_path)
-        self.device = device
-        self.threads = threads or torch.get_num_threads()  # of its ONNX Runtime sessions
+        self.threads = threads or os.cpu_count() or 1  # of its ONNX Runtime sessions
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
-        self._scale, self._shift = normalisation(self.card, device)
+        self._scale, self._shift = normalisation(self.card)
         self.engine, self.precision = "torch", "float32"
         self.calibration_sha256: str | None = None
-        self._logits: Callable[[torch.Tensor], torch.Tensor] = self._torch_logits
+        self._logits: Callable[[Inputs], np.ndarray] = self._torch_logits
         if precision == "int8":
             self._try_int8(calibration)
-        if device.type == "cpu" and engine != "torch" and self.precision == "float32":
+        if on_cpu and engine != "torch" and self.precision == "float32":
             self._try_onnxruntime(measure=engine == "auto")
         if self.engine == "torch":
             _ = self.module  # loaded now: a model torch runs fails here, not at its first batch
 
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``."""
+        return self.device.split(":")[0]
+
     @functools.cached_property
     def module(self) -> torch.nn.Module:
         """The torch module on the device, loaded on first use (a checked ONNX export runs without it)."""
+        import torch
+
+        from wsi_pipeline.model.weights import load_module
+
         module = load_module(self.weights_path, self.card)
         return module.eval().to(self.device, memory_format=torch.channels_last)
 
@@ -116,9 +134,10 @@ class Model:
         views = range(8) if tta else (0,)
         for start in range(0, len(patches), batch_size):
             batch = patches[start : start + batch_size]
-            x = self._inputs(batch)
-            probs = sum(self._probabilities(dihedral(x, k)) for k in views) / len(views)
-            out[start : start + len(batch)] = probs.cpu().numpy()
+            x = self._inputs(batch, tensor=self.engine == "torch")
+            out[start : start + len(batch)] = sum(self._probabilities(dihedral(x, k)) for k in views) / len(
+                views
+            )
         return out
 
     def explain(self, patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -130,14 +149,16 @@ class Model:
         maps = np.empty(patches.shape[:3], np.float32)
         for start in range(0, len(patches), batch_size):
             batch = patches[start : start + batch_size]
-            maps[start : start + len(batch)] = grad_cam(self._inputs(batch), batch.shape[1:3])
+            maps[start : start + len(batch)] = grad_cam(self._inputs(batch, tensor=True), batch.shape[1:3])
         return maps
 
     @functools.cached_property
     def _grad_cam(self) -> GradCam:
+        from wsi_pipeline.model.saliency import GradCam
+
         return GradCam(self.module, self.card, self.input_side)
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, x: Inputs) -> np.ndarray:
         logits = self._logits(x)
         if logits.shape[1:] != (self.card.n_outputs,):
             problem = f"the model gives outputs of shape {tuple(logits.shape[1:])}, not one per class"
@@ -149,25 +170,45 @@ class Model:
         """Side of the square input the module takes."""
         return self.card.input_size or self.card.patch_size
 
-    def _inputs(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Normalised float NCHW (a view of NHWC memory: channels_last) on the device, at ``input_side``."""
+    def _inputs(self, patches: np.ndarray | torch.Tensor, *, tensor: bool) -> Inputs:
+        """Normalised float NCHW at ``input_side``, a view of NHWC memory (channels_last): a tensor on the
+        device when ``tensor`` (torch's engine) or the patches are one, else a numpy array, made without
+        torch unless the patches are resized."""
+        side = self.input_side
+        if not tensor and isinstance(patches, np.ndarray) and patches.shape[1:3] == (side, side):
+            x = np.multiply(patches, self._scale, dtype=np.float32)
+            x += self._shift
+            return x.transpose(0, 3, 1, 2)
+        import torch
+
         batch = (
             patches if isinstance(patches, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(patches))
         )
-        x = batch.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._shift)
-        x = x.permute(0, 3, 1, 2)
-        side = self.input_side
+        scale, shift = self._torch_normalisation
+        x = batch.to(self.device, non_blocking=True).float().mul_(scale).add_(shift).permute(0, 3, 1, 2)
         if x.shape[-2:] != (side, side):
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
-        return x
+        return x if tensor else x.numpy()
 
-    def _torch_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with inference_context(self.device):
-            return self.module(x).float()
+    @functools.cached_property
+    def _torch_normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
 
-    def _random_inputs(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self._scale).to(self.device), torch.from_numpy(self._shift).to(self.device)
+
+    def _torch_logits(self, x: Inputs) -> np.ndarray:
+        import torch
+
+        from wsi_pipeline.model.device import inference_context
+
+        with inference_context(self.device_type):
+            return self.module(torch.as_tensor(x, device=self.device)).float().cpu().numpy()
+
+    def _random_inputs(self, n: int) -> np.ndarray:
         side = self.card.patch_size
-        return self._inputs(np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8))
+        return self._inputs(
+            np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8), tensor=False
+        )
 
     def _export_key(self) -> str:
         return export_key(self.card, self.weights_sha256)
@@ -202,14 +243,15 @@ class Model:
         (held out), cached at ``path``."""
         if len(patches) < MIN_CALIBRATION_PATCHES:
             raise ValueError(f"{len(patches)} calibration patches, fewer than {MIN_CALIBRATION_PATCHES}")
-        x = self._inputs(patches).contiguous()
+        x = self._inputs(patches, tensor=False)
         fit = quantize.held_out_split(len(x))
         side = self.input_side
         float_model, _ = onnx_engine.cached_export(self.module, (3, side, side), export_key)
-        model = quantize.quantize(float_model, x[:fit].numpy())
+        model = quantize.quantize(float_model, np.ascontiguousarray(x[:fit]))
         int8 = onnx_engine.OnnxEngine(model, self.threads)
-        held_out = (probabilities(run(x[fit:]), self.card.output) for run in (self._torch_logits, int8))
-        agreement = Agreement.of(*(probs.numpy() for probs in held_out))
+        agreement = Agreement.of(
+            *(probabilities(run(x[fit:]), self.card.output) for run in (self._torch_logits, int8))
+        )
         with contextlib.suppress(OSError):
             quantize.store_int8(path, model, agreement)
         return model, agreement
@@ -232,7 +274,7 @@ class Model:
                 reference, result = (
                     probabilities(run(x), card.output) for run in (self._torch_logits, engine)
                 )
-                difference = float((reference - result).abs().max())
+                difference = float(np.abs(reference - result).max())
                 if not difference <= ONNX_TOLERANCE:
                     raise ValueError(
                         f"it differs from torch by up to {difference:.2g} (tolerance {ONNX_TOLERANCE:g})"
@@ -285,10 +327,12 @@ def choose_engine(folder: str | Path, engine: str = "auto", *, weights_sha256: s
         known = faster_engine(onnx_engine.choice_path(key, 1))
         if known is not None:  # measured before: no need to load the model
             return known
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return Model(folder, torch.device("cpu"), "auto").engine
+        return Model(folder, "cpu", "auto", threads=1).engine
     finally:
         torch.set_num_threads(threads)
 
@@ -310,7 +354,7 @@ def choose_int8(folder: str | Path, calibration: np.ndarray) -> str | None:
     """The sha256 of ``calibration`` when the model's int8 calibrated on it agrees with float32 (calibrated,
     checked and cached here, on the CPU, for workers to load by that sha256); None, after ``Model``'s warning,
     when a scoring run is to use float32."""
-    return Model(folder, torch.device("cpu"), "torch", "int8", calibration).calibration_sha256
+    return Model(folder, "cpu", "torch", "int8", calibration).calibration_sha256
 
 
 def faster_engine(choice: Path) -> str | None:
@@ -322,17 +366,20 @@ def faster_engine(choice: Path) -> str | None:
         return None
 
 
-def normalisation(card: ModelCard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) per channel that take uint8 values to the card's normalised input in one multiply-add:
-    ``x · 1/(255 std) − mean/std``."""
-    std = torch.tensor(card.std, device=device)
-    return 1.0 / (255.0 * std), -torch.tensor(card.mean, device=device) / std
+def normalisation(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale, shift) per channel that take uint8 values to the card's normalised input in one
+    multiply-add: ``x · 1/(255 std) − mean/std``."""
+    std = np.asarray(card.std, np.float32)
+    return np.float32(1.0) / (np.float32(255.0) * std), -np.asarray(card.mean, np.float32) / std
 
 
-def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
-    """Class probabilities (N, classes) from logits: one sigmoid logit for the last of two classes, else
-    softmax."""
+def probabilities(logits: np.ndarray, output: str) -> np.ndarray:
+    """float32 class probabilities (N, classes) from logits: one sigmoid logit for the last of two classes,
+    else softmax. Computed in float64 and rounded, so the same logits give the same probabilities whatever
+    the machine's vector instructions."""
+    logits = np.asarray(logits, np.float64)
     if output == "sigmoid":
-        positive = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - positive, positive], dim=1)
-    return torch.softmax(logits, dim=1)
+        positive = 1 / (1 + np.exp(-logits[:, 0]))
+        return np.stack([1 - positive, positive], axis=1).astype(np.float32)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)

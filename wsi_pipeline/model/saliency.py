@@ -20,13 +20,10 @@ import torch
 from torch import nn
 
 from wsi_pipeline.core.classes import tumour_class_index
+from wsi_pipeline.core.errors import SaliencyUnavailableError
 from wsi_pipeline.model.card import ModelCard
 
 INSTALL_HINT = "pip install 'wsi-pipeline[explain]'"
-
-
-class SaliencyUnavailableError(Exception):
-    """Grad-CAM cannot explain this model (the message, one line, says why)."""
 
 
 def _shape(value: object) -> tuple[int, ...] | None:

@@ -19,10 +19,12 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,13 +49,15 @@ CPU_OVERLAP = SERIAL
 CUDA_OVERLAP = Overlap(readers=3, depth=4, batch_regions=True)
 
 
-def overlap_for(device: torch.device) -> Overlap:
-    """The readers and queue depth of a worker scoring on ``device``."""
-    return CUDA_OVERLAP if device.type == "cuda" else CPU_OVERLAP
+def overlap_for(device_type: str) -> Overlap:
+    """The readers and queue depth of a worker scoring on a device of ``device_type`` (cpu, cuda)."""
+    return CUDA_OVERLAP if device_type == "cuda" else CPU_OVERLAP
 
 
 def pinned(batch: np.ndarray) -> torch.Tensor:
     """A uint8 batch in page-locked host memory, for an asynchronous copy to a CUDA device."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(batch)).pin_memory()
 
 

@@ -16,18 +16,20 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
-import torch
 
-from wsi_pipeline.model.device import resolve_device
+from wsi_pipeline.model.device import device_name
 from wsi_pipeline.model.predict import Model
 from wsi_pipeline.scoring.pipeline import overlap_for, pinned, run_overlapped
 from wsi_pipeline.slide.reader import Slide
 from wsi_pipeline.store.heatmap import BACKGROUND, OTHER_LEVEL, TISSUE, UNREADABLE
 from wsi_pipeline.tiling.grid import Block, PatchGrid
 from wsi_pipeline.tiling.patches import BlockPatches, read_block
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -142,8 +144,8 @@ def worker_slide(source: SlideSource) -> Iterator[Slide]:
 
 
 def _load_model(source: ModelSource) -> Model:
-    device = resolve_device(source.device)
-    engine = source.engine if device.type == "cpu" else "torch"
+    device = device_name(source.device)
+    engine = source.engine if device == "cpu" else "torch"
     # one intra-op thread: a worker's threads score a block each, in processes of one thread or in this one
     model = Model(source.folder, device, engine, source.precision, source.calibration, threads=1)
     if model.weights_sha256 != source.weights_sha256:
@@ -193,7 +195,7 @@ def score_block(
         and the engine of each model that scored them.
     """
     loaded = [worker_model(model) for model in models]
-    device = loaded[0].device
+    device_type = loaded[0].device_type
     out = np.full((len(loaded[0].card.class_names), block.n_rows, block.n_cols), np.nan, np.float32)
     read, elsewhere = np.zeros(cells.shape, bool), np.zeros(cells.shape, bool)
 
@@ -208,16 +210,16 @@ def score_block(
         def reader(batch_cells: np.ndarray) -> Callable[[], tuple[BlockPatches, np.ndarray | torch.Tensor]]:
             def read_batch() -> tuple[BlockPatches, np.ndarray | torch.Tensor]:
                 patches = read_block(opened, grid, block, batch_cells)
-                return patches, pinned(patches.patches) if device.type == "cuda" else patches.patches
+                return patches, pinned(patches.patches) if device_type == "cuda" else patches.patches
 
             return read_batch
 
-        overlap = overlap_for(device)
+        overlap = overlap_for(device_type)
         parts = batch_masks(cells, batch_size) if overlap.batch_regions else [cells]
         run_overlapped([reader(part) for part in parts], score, overlap)
     kinds = [elsewhere, read, cells]
     labels = np.select(kinds, [OTHER_LEVEL, TISSUE, UNREADABLE], BACKGROUND).astype(np.uint8)
-    return block, out, labels, str(loaded[0].device), tuple(model.engine for model in loaded)
+    return block, out, labels, loaded[0].device, tuple(model.engine for model in loaded)
 
 
 def batch_masks(cells: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -62,7 +62,7 @@ class InputNormaliser:
     computes it: ``x · 1/(255 std) − mean/std``."""
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
-        self.scale, self.shift = normalisation(card, device)
+        self.scale, self.shift = (torch.from_numpy(value).to(device) for value in normalisation(card))
         self.device = device
 
     def __call__(
@@ -293,11 +293,11 @@ class _Run:
         self.module.eval()
         probs, total_loss = [], 0.0
         for patches, labels in read_batches(data, index_batches(indices, self.config.batch_size)):
-            with inference_context(self.device):
+            with inference_context(self.device.type):
                 logits = self.module(self.normalise(patches)).float()
             loss = loss_of(logits, torch.from_numpy(labels).to(self.device), self.card.output)
             total_loss += float(loss) * len(labels)
-            probs.append(probabilities(logits, self.card.output).cpu().numpy())
+            probs.append(probabilities(logits.cpu().numpy(), self.card.output))
         return total_loss / len(indices), np.concatenate(probs)
 
 
