@@ -313,9 +313,9 @@ def test_a_complete_heatmap_of_an_earlier_version_is_kept(tmp_path, client, fixt
 
 
 def same_probabilities(actual: np.ndarray, expected: np.ndarray) -> None:
-    """Equal but for the last bit of float32 probabilities (whose spacing below 1 is up to 6e-8): the fixtures'
-    code computed softmax in torch, this code in float64 (``model.predict.probabilities``); the same cells are
-    scored (NaN elsewhere)."""
+    """Equal but for the last bit of float32 probabilities (whose spacing below 1 is up to 6e-8): the
+    fixtures' code computed softmax in torch, this code in float64 (``model.predict.probabilities``); the same
+    cells are scored (NaN elsewhere)."""
     np.testing.assert_allclose(actual, expected, rtol=0, atol=np.finfo(np.float32).eps)
 
 

@@ -31,7 +31,7 @@ _EXPORTS = {
     "ModelCard": "model.card",
     "PatchGrid": "tiling.grid",
     "Region": "findings.regions",
-    "ReportOptions": "findings.reports",
+    "ReportOptions": "findings.options",
     "ScoreOptions": "scoring.options",
     "Slide": "slide.reader",
     "SlideResult": "scoring.options",

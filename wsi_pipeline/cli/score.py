@@ -254,7 +254,7 @@ def score(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from wsi_pipeline.findings.reports import ReportOptions  # the scoring stack: loaded once parsed
+    from wsi_pipeline.findings.options import ReportOptions  # the scoring stack: loaded once parsed
     from wsi_pipeline.findings.summary import answer_parts
     from wsi_pipeline.scoring.api import score_slides
     from wsi_pipeline.scoring.ledger import BATCH_TABLE

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import write_atomically
 from wsi_pipeline.findings.dicom import dicom_paths, write_dicom
 from wsi_pipeline.findings.geojson import qupath_geojson
+from wsi_pipeline.findings.options import DEFAULT_REPORTS, ReportOptions
 from wsi_pipeline.findings.overlay import write_overlay
 from wsi_pipeline.findings.regions import find_regions
-from wsi_pipeline.findings.review import REVIEW_TILES, write_review
+from wsi_pipeline.findings.review import write_review
 from wsi_pipeline.findings.summary import SCHEMA_VERSION, slide_summary
 from wsi_pipeline.findings.tables import write_tile_table
 from wsi_pipeline.store.heatmap import read_heatmap, read_record
@@ -37,37 +37,13 @@ SUFFIXES = {
 }
 
 
-@dataclass(frozen=True)
-class ReportOptions:
-    """What the reports contain."""
-
-    threshold: float = 0.5  # a cell is tumour when its tumour probability is at least this
-    top_k: int = 10  # the slide's top-k mean is over its k highest cells
-    tile_table: bool = False  # also write <stem>.tiles.csv
-    geojson_tiles: bool = False  # also put every scored tile in the GeoJSON, as a detection
-    review_tiles: int = REVIEW_TILES  # top tiles on the review sheet; 0: no review sheet
-    explain: bool = False  # draw each review tile's Grad-CAM saliency beside it
-    dicom: bool = False  # also write the map and regions as DICOM (DICOM slides only)
-
-    def validate(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError("threshold must be between 0 and 1")
-        if self.top_k < 1:
-            raise ValueError("top-k must be at least 1")
-        if self.review_tiles < 0:
-            raise ValueError("review tiles must be at least 0")
-
-
-DEFAULT_REPORTS = ReportOptions()
-
-
 def report_paths(heatmap_path: str | Path) -> dict[str, Path]:
     """The report files that belong to a heatmap ``<stem>.zarr``, by kind."""
     heatmap_path = Path(heatmap_path)
     return {kind: heatmap_path.with_name(heatmap_path.stem + suffix) for kind, suffix in SUFFIXES.items()}
 
 
-def write_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptions()) -> dict:
+def write_reports(heatmap_path: str | Path, options: ReportOptions = DEFAULT_REPORTS) -> dict:
     """Write a complete heatmap's reports beside it; return the summary."""
     options.validate()
     heatmap = read_heatmap(heatmap_path)
@@ -131,6 +107,6 @@ def current_summary(heatmap_path: str | Path, options: ReportOptions | None = No
     return summary if same and all(path.is_file() for path in files) else None
 
 
-def ensure_reports(heatmap_path: str | Path, options: ReportOptions = ReportOptions()) -> dict:
+def ensure_reports(heatmap_path: str | Path, options: ReportOptions = DEFAULT_REPORTS) -> dict:
     """The heatmap's summary, writing its reports first unless they are there and current."""
     return current_summary(heatmap_path, options) or write_reports(heatmap_path, options)

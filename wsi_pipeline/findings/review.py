@@ -21,6 +21,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_pipeline.core.errors import InputError, SaliencyUnavailableError
+from wsi_pipeline.findings.options import REVIEW_TILES
 from wsi_pipeline.findings.overlay import PNG_COMPRESSION, overlay_title
 from wsi_pipeline.findings.regions import Region, tumour_scores
 from wsi_pipeline.findings.summary import answer_parts
@@ -30,7 +31,6 @@ from wsi_pipeline.store.heatmap import Heatmap
 from wsi_pipeline.store.metadata import HeatmapRecord
 from wsi_pipeline.tiling.patches import read_cell_patches
 
-REVIEW_TILES = 16  # top tiles on a sheet by default
 PANELS_PER_ROW = 8  # a tile takes one panel, a tile and its saliency two
 PANEL_SIDE = 144  # px a tile is drawn at (PCam's 96 px at 1.5×)
 PAIR_GAP, ITEM_GAP, MARGIN = 2, 12, 12  # px between a tile and its saliency, between tiles, around the sheet

@@ -11,7 +11,8 @@ from pathlib import Path
 from npe2.types import LayerData, PathOrPaths, ReaderFunction
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.findings.reports import DEFAULT_REPORTS, current_summary
+from wsi_pipeline.findings.options import DEFAULT_REPORTS
+from wsi_pipeline.findings.reports import current_summary
 from wsi_pipeline.napari.layers import heatmap_layers, heatmap_name, slide_layer
 from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
 from wsi_pipeline.store.heatmap import is_heatmap, read_heatmap

@@ -10,7 +10,7 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from wsi_pipeline.findings.reports import DEFAULT_REPORTS
+from wsi_pipeline.findings.options import DEFAULT_REPORTS
 from wsi_pipeline.scoring.api import score_slide
 from wsi_pipeline.scoring.cluster import dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, ScoringEvent, SlideResult

@@ -28,8 +28,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from wsi_pipeline.findings.options import DEFAULT_REPORTS
 from wsi_pipeline.findings.regions import find_regions
-from wsi_pipeline.findings.reports import DEFAULT_REPORTS
 from wsi_pipeline.findings.summary import category_words, demonstration_notice, reported_category
 from wsi_pipeline.model.bundled import DEFAULT_MODEL, bundled_models_dir
 from wsi_pipeline.napari.layers import (

@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_pipeline.core.files import make_output_folder
-from wsi_pipeline.findings.reports import DEFAULT_REPORTS, ReportOptions
+from wsi_pipeline.findings.options import DEFAULT_REPORTS, ReportOptions
 from wsi_pipeline.scoring.calibration import int8_members
 from wsi_pipeline.scoring.cluster import choose_scheduler, dask_client
 from wsi_pipeline.scoring.options import ScoreOptions, ScoringEvent, SlideResult
 from wsi_pipeline.scoring.planning import Member, ModelSpec, model_members, plan_slide
 from wsi_pipeline.scoring.scheduler import Scheduler
-from wsi_pipeline.scoring.settling import Settle, cancelled_result, settle_alone, settle_in_batch
+from wsi_pipeline.scoring.settling import (
+    Settle,
+    cancelled_result,
+    import_reports_meanwhile,
+    settle_alone,
+    settle_in_batch,
+)
 from wsi_pipeline.scoring.slurm import SlurmOptions
 
 _log = logging.getLogger(__name__)
@@ -137,6 +143,7 @@ def score_slides(
     make_output_folder(out_dir)  # before any slide is written into it
     _log.info("scoring %d slides into %s", len(slide_paths), Path(out_dir).resolve())
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)
+    import_reports_meanwhile()
 
     def connect(planning: Scheduler) -> contextlib.AbstractContextManager[Client]:
         if client is not None:

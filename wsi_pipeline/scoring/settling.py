@@ -11,7 +11,9 @@ A slide the scheduler never settled (``stop`` was set first) is ``cancelled_resu
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -20,7 +22,7 @@ from pathlib import Path
 from wsi_pipeline.core.errors import InputError, output_fault, output_faults
 from wsi_pipeline.core.locks import LockedError
 from wsi_pipeline.core.logs import FILE_ONLY
-from wsi_pipeline.findings.reports import ReportOptions, current_summary, ensure_reports
+from wsi_pipeline.findings.options import ReportOptions
 from wsi_pipeline.scoring.ledger import record_in_batch_table
 from wsi_pipeline.scoring.options import SlideResult
 from wsi_pipeline.scoring.planning import SlidePlan, heatmap_path
@@ -30,6 +32,7 @@ from wsi_pipeline.store.heatmap import read_record
 from wsi_pipeline.store.metadata import HeatmapRecord
 
 _log = logging.getLogger(__name__)
+REPORTS = "wsi_pipeline.findings.reports"  # with matplotlib, SciPy and Pillow's drawing: ~0.5 s to import
 
 Settle = Callable[[SlidePlan, "Exception | None"], SlideResult]
 """A settling policy: a slide's plan and its error (planning's or a block's, None when all went well) → its
@@ -65,11 +68,19 @@ def finish_slide(
     result.message = "; ".join(notes)
     if metadata.unreadable_cells:
         result.status = "partial"
+    made = importlib.import_module(REPORTS)
     if reports is None:
-        result.summary = current_summary(plan.heatmap)
+        result.summary = made.current_summary(plan.heatmap)
     else:
-        result.summary = ensure_reports(plan.heatmap, reports)
+        result.summary = made.ensure_reports(plan.heatmap, reports)
     return result, metadata
+
+
+def import_reports_meanwhile() -> None:
+    """Import the report modules on a thread of their own, so that the import overlaps scoring instead of
+    holding up its start (``finish_slide`` imports them when it needs them, waiting for this import if it
+    is still under way)."""
+    threading.Thread(target=importlib.import_module, args=(REPORTS,), name="wsi-import-reports").start()
 
 
 def _check_unchanged(plan: SlidePlan) -> None:
