@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from wsi_pipeline import InputError, Model, ModelCard, build_module, read_card, resolve_device, save_model
 from wsi_pipeline.model.bundled import resolve_model_folder
+from wsi_pipeline.model.device import cuda_driver_present, device_name
 
 
 @pytest.mark.parametrize(
@@ -69,3 +72,16 @@ def test_device_choice_on_a_machine_without_cuda():
             resolve_device("cuda:0")
     with pytest.raises(ValueError, match="auto, cpu or cuda"):
         resolve_device("tpu")
+
+
+def test_device_names_agree_with_torch_and_need_it_only_with_a_cuda_driver():
+    assert device_name("auto") == str(resolve_device("auto"))
+    assert device_name("cpu") == "cpu"
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        device_name("tpu")
+    if not cuda_driver_present():  # this machine: the answer comes without torch
+        assert not torch.cuda.is_available()
+        code = "import sys; from wsi_pipeline.model.device import device_name; "
+        code += "print(device_name('auto'), 'torch' in sys.modules)"
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert run.stdout.split() == ["cpu", "False"]

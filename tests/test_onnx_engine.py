@@ -74,6 +74,11 @@ def test_onnxruntime_gives_torchs_probabilities(tmp_path, cache, class_names, ou
     result = onnx_model.predict(batch, batch_size=16)  # batches of 16, 16 and 5: any batch size
     assert result.shape == (37, len(class_names)) and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, atol=1e-5)
+    # the 8 views of TTA, and patches given as a tensor (as CUDA workers give them, in pinned memory)
+    expected = torch_model.predict(torch.from_numpy(batch), batch_size=16, tta=True)
+    assert np.abs(expected - torch_model.predict(batch)).max() > 1e-4  # the views differ
+    for given in (batch, torch.from_numpy(batch)):
+        np.testing.assert_allclose(onnx_model.predict(given, batch_size=16, tta=True), expected, atol=1e-5)
     assert len(list((cache / "onnx").glob("*.onnx"))) == 1
 
 
