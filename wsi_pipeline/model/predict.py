@@ -135,9 +135,8 @@ class Model:
         for start in range(0, len(patches), batch_size):
             batch = patches[start : start + batch_size]
             x = self._inputs(batch, tensor=self.engine == "torch")
-            out[start : start + len(batch)] = sum(self._probabilities(dihedral(x, k)) for k in views) / len(
-                views
-            )
+            probs = sum(self._probabilities(dihedral(x, k)) for k in views)
+            out[start : start + len(batch)] = probs / len(views)
         return out
 
     def explain(self, patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -206,9 +205,8 @@ class Model:
 
     def _random_inputs(self, n: int) -> np.ndarray:
         side = self.card.patch_size
-        return self._inputs(
-            np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8), tensor=False
-        )
+        patches = np.random.default_rng(0).integers(0, 256, (n, side, side, 3), np.uint8)
+        return self._inputs(patches, tensor=False)
 
     def _export_key(self) -> str:
         return export_key(self.card, self.weights_sha256)
