@@ -194,8 +194,10 @@ class Slide:
 
     def read_level(self, level: int, x_level: int, y_level: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 of a pixel box of a read level (a file's level, or a reduced one); parts outside the
-        slide are white. ``UnreadablePixelsError`` when the file's data there cannot be decoded (an openslide
-        handle, unusable after such an error, is reopened)."""
+        slide are white. They are the level's own pixels but for OpenSlide on a level whose downsample is not
+        an integer, which samples between them, up to half a level-0 pixel away (bilinear).
+        ``UnreadablePixelsError`` when the file's data there cannot be decoded (an openslide handle, unusable
+        after such an error, is reopened)."""
         out = np.full((height, width, 3), 255, np.uint8)
         file_level, k = self.read_levels[level]
         level_width, level_height = (side // k for side in self.level_dimensions[file_level])
@@ -203,15 +205,17 @@ class Slide:
         x1, y1 = min(x_level + width, level_width), min(y_level + height, level_height)
         if x1 <= x0 or y1 <= y0:
             return out
-        downsample = self.level_downsamples[file_level]
-        location = (round(x0 * downsample), round(y0 * downsample))
+        downsample, size = self.level_downsamples[file_level], (x1 - x0, y1 - y0)
         try:
             if k > 1:
-                pixels = read_scaled(self._fd, self._jpeg_levels[file_level], k, x0, y0, x1 - x0, y1 - y0)
+                pixels = read_scaled(self._fd, self._jpeg_levels[file_level], k, x0, y0, *size)
             elif self.backend == "tiffslide":
-                pixels = self._handle.read_region(location, level, (x1 - x0, y1 - y0), as_array=True)
+                location = (_tiffslide_location(x0, downsample), _tiffslide_location(y0, downsample))
+                pixels = self._handle.read_region(location, file_level, size, as_array=True)
             else:
-                pixels = np.asarray(self._handle.read_region(location, level, (x1 - x0, y1 - y0)))
+                # OpenSlide blends the pixels around location / downsample: the nearest location blends least
+                location = (round(x0 * downsample), round(y0 * downsample))
+                pixels = np.asarray(self._handle.read_region(location, file_level, size))
         except Exception as error:
             if self.backend == "openslide":  # threads still reading the old handle keep it until they finish
                 import openslide
@@ -345,6 +349,14 @@ class Slide:
                 unreadable,
             )
         return out
+
+
+def _tiffslide_location(x_level: int, downsample: float) -> int:
+    """The level-0 coordinate tiffslide's ``read_region`` reads level pixel ``x_level`` from: it truncates
+    ``location / downsample``, so the first integer from ``x_level * downsample`` on (one more where that
+    product's float rounding put it below)."""
+    location = math.ceil(x_level * downsample)
+    return location if int(location / downsample) >= x_level else location + 1
 
 
 def reduced_levels(
