@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from wsi_pipeline import InputError, Slide
+from wsi_pipeline.slide.reader import READ_RULE
 from wsi_pipeline.synthetic.svs import write_slide
 
 from .conftest import CMU_SLIDE, make_slide
@@ -209,3 +210,19 @@ def test_openslide_reads_a_level_whose_downsample_is_not_an_integer_from_the_nea
             }
             own = away.pop((0, 0))
             assert own < min(away.values()) / 3, (x, y, own, away)
+
+
+def test_the_read_rule_a_heatmap_records_is_the_first_that_reads_its_patches_as_now(uneven, pyramid):
+    """Rule 2 moved tiffslide's reads of levels whose downsample is not an integer; reads that never touch
+    one (the best level and the levels read where it cannot be decoded) and OpenSlide's read as under 1."""
+    with Slide(uneven) as slide:
+        assert slide.read_rule(0.972 / 0.25) == READ_RULE == 2  # level 1 (4.00225)
+        assert slide.read_rule(32.0) == 2  # level 2 at 1/2, falling back to levels 1 and 2 among others
+        assert slide.read_levels[slide.best_level(0.972 / 0.5)] == (0, 2)
+        assert slide.read_rule(0.972 / 0.5) == 1  # level 0 at 1/2, or level 0 itself
+    with Slide(uneven, jpeg_scaling="off") as slide:
+        assert slide.read_rule(1.0) == slide.read_rule(0.972 / 0.5) == 1
+    with Slide(uneven, "openslide") as slide:
+        assert slide.read_rule(0.972 / 0.25) == 1
+    with Slide(pyramid / "pyramid.svs") as slide:  # downsamples 4 and 16
+        assert slide.read_rule(0.972 / 0.25) == slide.read_rule(32.0) == 1

@@ -51,6 +51,11 @@ LEVEL_TOLERANCE = 0.05
 # level pixel under its centre (nearest neighbour: at most half a level pixel off, no blur, ~4× faster than
 # PIL's bilinear); larger changes are bilinear, antialiased when downsampling.
 NEAREST_TOLERANCE = LEVEL_TOLERANCE
+# How ``read_level`` places a box of a file's level, by version (heatmaps record the first that reads their
+# patches as now): 1 — at level-0 round(x · downsample), which tiffslide, truncating location / downsample,
+# read one level pixel early at many x of a level whose downsample is not an integer; 2 — for tiffslide, at a
+# location it maps back to x (OpenSlide as in 1: no location lands there; the nearest is least off).
+READ_RULE = 2
 # Pixels that cannot be decoded at their level may come from another: any finer level, or a coarser one up
 # to this many times the output's pixel size (a patch upsampled more than 2× holds too little of the tissue).
 FALLBACK_MAX_UPSAMPLE = 2.0
@@ -225,6 +230,14 @@ class Slide:
             raise UnreadablePixelsError(self.path, problem) from None
         out[y0 - y_level : y1 - y_level, x0 - x_level : x1 - x_level] = _to_rgb_on_white(pixels)
         return out
+
+    def read_rule(self, ds: float) -> int:
+        """The first ``READ_RULE`` that reads ``ds`` level-0 px per output px as this one does, from its best
+        level or those read where that cannot be decoded (``other_levels``): 1 unless tiffslide reads a file
+        level whose downsample is not an integer."""
+        levels = [self.read_levels[i] for i in (self.best_level(ds), *self.other_levels(ds))]
+        uneven = any(k == 1 and not self.level_downsamples[level].is_integer() for level, k in levels)
+        return READ_RULE if self.backend == "tiffslide" and uneven else 1
 
     def window(
         self, x0_out: float, y0_out: float, width_out: int, height_out: int, mpp_out: float, level: int | None
