@@ -200,9 +200,10 @@ class Slide:
     def read_level(self, level: int, x_level: int, y_level: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 of a pixel box of a read level (a file's level, or a reduced one); parts outside the
         slide are white. They are the level's own pixels but for OpenSlide on a level whose downsample is not
-        an integer, which samples between them, up to half a level-0 pixel away (bilinear).
-        ``UnreadablePixelsError`` when the file's data there cannot be decoded (an openslide handle, unusable
-        after such an error, is reopened)."""
+        an integer, which samples between them, up to half a level-0 pixel away (bilinear; 1.5 from the 4097th
+        pixel of a side on, which it reads as another piece placed by truncation). ``UnreadablePixelsError``
+        when the file's data there cannot be decoded (an openslide handle, unusable after such an error, is
+        reopened)."""
         out = np.full((height, width, 3), 255, np.uint8)
         file_level, k = self.read_levels[level]
         level_width, level_height = (side // k for side in self.level_dimensions[file_level])
