@@ -141,7 +141,7 @@ def heatmap_record(grid: PatchGrid, slide_path: str | Path = "slide.svs") -> Hea
     """The metadata of a heatmap written by hand (no slide or model scored it: made-up hashes)."""
     return HeatmapRecord(
         slide=SlideRecord(
-            str(slide_path), "0" * 64, "tiffslide", "auto", grid.mpp0, "file", grid.width0, grid.height0
+            str(slide_path), "0" * 64, "tiffslide", "auto", 1, grid.mpp0, "file", grid.width0, grid.height0
         ),
         models=(ModelRecord("hand-made", "hand-made", "0" * 64, "none", "torch"),),
         grid=grid,

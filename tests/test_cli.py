@@ -59,7 +59,7 @@ def test_scores_a_slide_into_an_ngff_heatmap(tmp_path, capsys, probe_model, good
         "finished",
     ):
         assert key in meta
-    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 5)
+    assert (meta["schema"], meta["version"]) == ("wsi_pipeline.heatmap", 6)
     assert meta["complete"] is True and meta["devices"] == ["cpu"] and meta["slide"]["synthetic"] is True
     assert len(meta["slide"]["sha256"]) == 64 and len(meta["models"][0]["weights_sha256"]) == 64
     # An independent validator of the OME-Zarr 0.5 specification accepts the image and its label image.

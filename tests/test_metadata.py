@@ -1,7 +1,8 @@
 """The heatmap's metadata record: one versioned schema, checked on write and read; heatmaps of version 1
 (written by the code before the record, ``tests/fixtures/heatmap_v1``), version 2 (one model, before
 ensembles and the models' sources, ``tests/fixtures/heatmap_v2``) and version 4 (before JPEG scaling,
-``tests/fixtures/heatmap_v4``) read, kept, resumed and migrated."""
+``tests/fixtures/heatmap_v4``) read, kept, resumed and migrated; those of version 5 refused where the read
+rule has since moved their patches' reads."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from wsi_pipeline.store.metadata import (
 )
 from wsi_pipeline.tiling.grid import PatchGrid
 
-from .conftest import count_patches, heatmap_record
+from .conftest import count_patches, heatmap_record, make_slide
 
 V1 = Path(__file__).parent / "fixtures" / "heatmap_v1"
 V2 = Path(__file__).parent / "fixtures" / "heatmap_v2"  # the same slide, scored the same way
@@ -107,7 +108,7 @@ def test_version_1_migrates_exactly():
     expected |= {
         "schema": SCHEMA,
         "version": VERSION,
-        "slide": {**old["slide"], "jpeg_scaling": "off"},
+        "slide": {**old["slide"], "jpeg_scaling": "off", "read_rule": 1},
         "models": [{**old["model"], "demonstration": True}],
         "tissue": {
             "threshold": 0.5,
@@ -148,7 +149,8 @@ def test_version_2_migrates_exactly():
     old = stored(V2 / "complete" / "node.zarr")
     model = {**old["model"], "demonstration": True}  # the bundled probe, by name
     expected = {key: value for key, value in old.items() if key != "model"}
-    expected |= {"version": VERSION, "models": [model], "slide": {**old["slide"], "jpeg_scaling": "off"}}
+    slide = {**old["slide"], "jpeg_scaling": "off", "read_rule": 1}
+    expected |= {"version": VERSION, "models": [model], "slide": slide}
     assert migrate(old) == expected and list(migrate(old))[:3] == ["schema", "version", "slide"]
     written = {**expected, "models": [{**model, "precision": "float32"}]}
     assert to_dict(from_dict(migrate(old))) == written  # written back, nothing lost; float32, as it ran
@@ -157,21 +159,26 @@ def test_version_2_migrates_exactly():
     assert from_dict(migrate(old)).model_name == PROBE
 
 
-def test_version_3_migrates_to_unknown_damage_counts_and_version_4_to_no_jpeg_scaling():
-    current = valid()
-    before = {**current, "slide": {k: v for k, v in current["slide"].items() if k != "jpeg_scaling"}}
-    unscaled = {**current, "slide": {**current["slide"], "jpeg_scaling": "off"}}
+def test_version_3_migrates_to_unknown_damage_counts_4_to_no_jpeg_scaling_and_5_to_the_first_read_rule():
+    current = changed("slide.read_rule", 2)
+    new_fields = ("jpeg_scaling", "read_rule")
+    before = {**current, "slide": {k: v for k, v in current["slide"].items() if k not in new_fields}}
+    unscaled = {**current, "slide": {**current["slide"], "jpeg_scaling": "off", "read_rule": 1}}
     assert current["slide"]["jpeg_scaling"] == "auto"
     assert migrate({**before, "version": 3}) == migrate({**before, "version": 4}) == unscaled
     assert from_dict(unscaled).unreadable_cells is None
+    before_rule = {**current, "slide": {k: v for k, v in current["slide"].items() if k != "read_rule"}}
+    first_rule = {**current, "slide": {**current["slide"], "read_rule": 1}}
+    assert migrate({**before_rule, "version": 5}) == first_rule
     old = stored(V4 / "partial" / "node.zarr")
     assert old["version"] == 4 and from_dict(migrate(old)).slide.jpeg_scaling == "off"
+    assert from_dict(migrate(old)).slide.read_rule == 1
 
 
 def test_a_record_round_trips_and_leaves_unknown_fields_out():
     record = heatmap_record(GRID)
     written = to_dict(record)
-    assert written["schema"] == SCHEMA and written["version"] == VERSION == 5
+    assert written["schema"] == SCHEMA and written["version"] == VERSION == 6
     assert "finished" not in written and not {"size", "synthetic"} & set(written["slide"])
     assert "source" not in written["models"][0] and written["models"][0]["demonstration"] is False
     assert from_dict(json.loads(json.dumps(written))) == record
@@ -235,6 +242,8 @@ def changed(path: str, value: object) -> dict:
         ("models.0.demonstration", "no", "models[0].demonstration must be true or false"),
         ("models.0.source", {"spec": "x"}, "lacks models[0].source.repo"),
         ("slide.synthetic", 1, "slide.synthetic must be true or false, not 1"),
+        ("slide.read_rule", 3, "slide.read_rule must be between 1 and 2, not 3"),
+        ("slide.read_rule", ..., "lacks slide.read_rule"),
         ("tissue", ..., "lacks tissue"),
         ("tissue.threshold", 2, "tissue.threshold must be between 0 and 1"),
         ("class_names", [], "class_names must be at least one name"),
@@ -262,7 +271,7 @@ def test_metadata_of_the_wrong_shape_is_an_input_error():
     for metadata in ([], None, "wsi"):
         with pytest.raises(InputError, match=r"^h\.zarr: heatmap metadata must be an object"):
             migrate(metadata, "h.zarr")
-    with pytest.raises(InputError, match="version must be 5, not 1"):
+    with pytest.raises(InputError, match="version must be 6, not 1"):
         from_dict({**valid(), "version": 1})
 
 
@@ -365,3 +374,32 @@ def test_a_new_heatmap_records_jpeg_scaling_and_is_resumed_with_it(tmp_path, cli
     assert score(tmp_path, client).status == "skipped"
     refused = score(tmp_path, client, jpeg_scaling="off")
     assert refused.status == "failed" and "JPEG scaling 'auto' in the heatmap, 'off' now" in refused.message
+
+
+def test_a_version_5_heatmap_whose_patches_the_read_rule_moved_is_refused(tmp_path, client):
+    """Rule 2 moved tiffslide's reads of a level whose downsample is not an integer (here level 1, where a
+    0.25 µm/px slide's patches come from): a heatmap version 5 wrote of such a slide is neither resumed (its
+    blocks would mix the rules) nor kept. The fixtures' node, whose patches come from level 0, is (its level
+    2, at 16.06, is read for its tissue only)."""
+    path = tmp_path / "uneven.svs"
+    make_slide(path, 2401, 2001, 0.25, [(900.0, 800.0, 1500.0, 1300.0)])  # level 1: 600 × 500 px
+
+    def run(**options: object) -> object:
+        (result,) = score_slides(
+            [path], PROBE, tmp_path, options=replace(OPTIONS, **options), client=client, show_progress=False
+        )
+        return result
+
+    store = run().heatmap
+    assert read_heatmap(store).metadata.slide.read_rule == 2 and run().status == "skipped"
+    as_version_5 = {**stored(store), "version": 5}
+    del as_version_5["slide"]["read_rule"]
+    for complete in (True, False):
+        zarr.open_group(store, mode="r+").attrs[META_KEY] = {**as_version_5, "complete": complete}
+        before = (store / "zarr.json").read_bytes()
+        refused = run()
+        assert refused.status == "failed" and "level read rule 1 in the heatmap, 2 now" in refused.message
+        assert (store / "zarr.json").read_bytes() == before
+    assert run(overwrite=True).status == "ok" and read_heatmap(store).metadata.slide.read_rule == 2
+    openslide = run(backend="openslide", overwrite=True)  # reads as under rule 1
+    assert openslide.status == "ok" and read_heatmap(store).metadata.slide.read_rule == 1

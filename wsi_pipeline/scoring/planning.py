@@ -165,6 +165,7 @@ def heatmap_metadata(
             identity_source=identity[1],
             backend=slide.backend,
             jpeg_scaling=slide.jpeg_scaling,
+            read_rule=slide.read_rule(grid.ds),
             mpp=slide.mpp,
             mpp_source="file" if options.mpp is None else "--mpp",
             width0=slide.width0,

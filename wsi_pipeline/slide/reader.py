@@ -51,6 +51,11 @@ LEVEL_TOLERANCE = 0.05
 # level pixel under its centre (nearest neighbour: at most half a level pixel off, no blur, ~4× faster than
 # PIL's bilinear); larger changes are bilinear, antialiased when downsampling.
 NEAREST_TOLERANCE = LEVEL_TOLERANCE
+# How ``read_level`` places a box of a file's level, by version (heatmaps record the first that reads their
+# patches as now): 1 — at level-0 round(x · downsample), which tiffslide, truncating location / downsample,
+# read one level pixel early at many x of a level whose downsample is not an integer; 2 — for tiffslide, at a
+# location it maps back to x (OpenSlide as in 1: no location lands there; the nearest is least off).
+READ_RULE = 2
 # Pixels that cannot be decoded at their level may come from another: any finer level, or a coarser one up
 # to this many times the output's pixel size (a patch upsampled more than 2× holds too little of the tissue).
 FALLBACK_MAX_UPSAMPLE = 2.0
@@ -194,8 +199,11 @@ class Slide:
 
     def read_level(self, level: int, x_level: int, y_level: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 of a pixel box of a read level (a file's level, or a reduced one); parts outside the
-        slide are white. ``UnreadablePixelsError`` when the file's data there cannot be decoded (an openslide
-        handle, unusable after such an error, is reopened)."""
+        slide are white. They are the level's own pixels but for OpenSlide on a level whose downsample is not
+        an integer, which samples between them, up to half a level-0 pixel away (bilinear; 1.5 from the 4097th
+        pixel of a side on, which it reads as another piece placed by truncation). ``UnreadablePixelsError``
+        when the file's data there cannot be decoded (an openslide handle, unusable after such an error, is
+        reopened)."""
         out = np.full((height, width, 3), 255, np.uint8)
         file_level, k = self.read_levels[level]
         level_width, level_height = (side // k for side in self.level_dimensions[file_level])
@@ -203,15 +211,17 @@ class Slide:
         x1, y1 = min(x_level + width, level_width), min(y_level + height, level_height)
         if x1 <= x0 or y1 <= y0:
             return out
-        downsample = self.level_downsamples[file_level]
-        location = (round(x0 * downsample), round(y0 * downsample))
+        downsample, size = self.level_downsamples[file_level], (x1 - x0, y1 - y0)
         try:
             if k > 1:
-                pixels = read_scaled(self._fd, self._jpeg_levels[file_level], k, x0, y0, x1 - x0, y1 - y0)
+                pixels = read_scaled(self._fd, self._jpeg_levels[file_level], k, x0, y0, *size)
             elif self.backend == "tiffslide":
-                pixels = self._handle.read_region(location, level, (x1 - x0, y1 - y0), as_array=True)
+                location = (_tiffslide_location(x0, downsample), _tiffslide_location(y0, downsample))
+                pixels = self._handle.read_region(location, file_level, size, as_array=True)
             else:
-                pixels = np.asarray(self._handle.read_region(location, level, (x1 - x0, y1 - y0)))
+                # OpenSlide blends the pixels around location / downsample: the nearest location blends least
+                location = (round(x0 * downsample), round(y0 * downsample))
+                pixels = np.asarray(self._handle.read_region(location, file_level, size))
         except Exception as error:
             if self.backend == "openslide":  # threads still reading the old handle keep it until they finish
                 import openslide
@@ -221,6 +231,14 @@ class Slide:
             raise UnreadablePixelsError(self.path, problem) from None
         out[y0 - y_level : y1 - y_level, x0 - x_level : x1 - x_level] = _to_rgb_on_white(pixels)
         return out
+
+    def read_rule(self, ds: float) -> int:
+        """The first ``READ_RULE`` that reads ``ds`` level-0 px per output px as this one does, from its best
+        level or those read where that cannot be decoded (``other_levels``): 1 unless tiffslide reads a file
+        level whose downsample is not an integer."""
+        levels = [self.read_levels[i] for i in (self.best_level(ds), *self.other_levels(ds))]
+        uneven = any(k == 1 and not self.level_downsamples[level].is_integer() for level, k in levels)
+        return READ_RULE if self.backend == "tiffslide" and uneven else 1
 
     def window(
         self, x0_out: float, y0_out: float, width_out: int, height_out: int, mpp_out: float, level: int | None
@@ -345,6 +363,14 @@ class Slide:
                 unreadable,
             )
         return out
+
+
+def _tiffslide_location(x_level: int, downsample: float) -> int:
+    """The level-0 coordinate tiffslide's ``read_region`` reads level pixel ``x_level`` from: it truncates
+    ``location / downsample``, so the first integer from ``x_level * downsample`` on (one more where that
+    product's float rounding put it below)."""
+    location = math.ceil(x_level * downsample)
+    return location if int(location / downsample) >= x_level else location + 1
 
 
 def reduced_levels(

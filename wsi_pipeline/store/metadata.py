@@ -7,8 +7,9 @@ parameters as top-level ``tissue_*`` keys, no ``model.engine`` or ``tta`` in the
 parameters grouped; 3 — ``models`` (the model, or an ensemble's members) in place of ``model``, each with its
 card's intended use, demonstration mark and source, and whether the slide is synthetic; 4 — a complete
 heatmap counts its cells no pyramid level could decode and those read from another level, and each model's
-precision is recorded (int8 with its calibration's sha256; "float32" where not recorded); 5 — this one: how
-the slide's JPEG tiles were decoded (``slide.jpeg_scaling``; "off" before, the only way then)."""
+precision is recorded (int8 with its calibration's sha256; "float32" where not recorded); 5 — how the slide's
+JPEG tiles were decoded (``slide.jpeg_scaling``; "off" before, the only way then); 6 — this one: how reads of
+the slide's levels were placed (``slide.read_rule``; 1 before, the only rule then)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.model.card import PRECISIONS
 from wsi_pipeline.model.sources import ModelSourceInfo
 from wsi_pipeline.slide.find import slide_location, slide_stamp
-from wsi_pipeline.slide.reader import JPEG_SCALINGS
+from wsi_pipeline.slide.reader import JPEG_SCALINGS, READ_RULE
 from wsi_pipeline.slide.remote import is_url
 from wsi_pipeline.tiling.grid import PatchGrid
 
 SCHEMA = "wsi_pipeline.heatmap"
-VERSION = 5
+VERSION = 6
 MPP_RANGE = (1e-4, 1e4)  # µm/px any slide, model or tissue image may have
 MAX_SIDE_PX = 1 << 24  # a slide side, level-0 pixels (the largest scans are about 2e5)
 MAX_GRID_CELLS = 1 << 26  # cells of a heatmap (a 2e5-pixel square slide at 0.25 µm/px, stride 32: 2.6e6)
@@ -46,6 +47,10 @@ class SlideRecord:
     backend: str  # the reader: openslide or tiffslide
     # auto: JPEG-tiled levels also read at 1/2, 1/4, 1/8 (decoded at that scale); off: the file's levels only
     jpeg_scaling: str
+    # the first ``reader.READ_RULE`` that places the patches' reads as this heatmap's were: 1 where no later
+    # rule reads them otherwise, 2 where tiffslide reads a level whose downsample is not an integer (1 read
+    # one level pixel early at many places there)
+    read_rule: int
     mpp: float  # µm per level-0 pixel used
     mpp_source: str  # "file", or "--mpp" when given by the user
     width0: int  # level-0 pixels
@@ -151,6 +156,7 @@ _SIDE = _between(1, MAX_SIDE_PX)
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "slide.sha256": _SHA256,
     "slide.jpeg_scaling": (lambda value: value in JPEG_SCALINGS, " or ".join(JPEG_SCALINGS)),
+    "slide.read_rule": _between(1, READ_RULE),
     "slide.mpp": _MPP,
     "slide.width0": _SIDE,
     "slide.height0": _SIDE,
@@ -316,11 +322,21 @@ def _from_version_4(metadata: dict) -> dict:
     return upgraded
 
 
+def _from_version_5(metadata: dict) -> dict:
+    """Version 5 → 6: the slide's levels were read by rule 1 (``reader.READ_RULE``), so a heatmap whose reads
+    the later rule moves is not resumed with them."""
+    upgraded = {**metadata, "version": 6}
+    if isinstance(metadata.get("slide"), dict):
+        upgraded["slide"] = {**metadata["slide"], "read_rule": 1}
+    return upgraded
+
+
 _MIGRATIONS: dict[int, Callable[[dict], dict]] = {  # version → its next version
     1: _from_version_1,
     2: _from_version_2,
     3: _from_version_3,
     4: _from_version_4,
+    5: _from_version_5,
 }
 
 
@@ -358,6 +374,7 @@ IDENTITY = {
     ("slide", "sha256"): "slide content (sha256)",
     ("slide", "backend"): "slide reader",
     ("slide", "jpeg_scaling"): "JPEG scaling",
+    ("slide", "read_rule"): "level read rule",
     ("models", "weights_sha256"): "model weights (sha256)",  # of each model of an ensemble, in order
     ("models", "engine"): "CPU engine",
     ("models", "precision"): "precision",
