@@ -119,9 +119,10 @@ def test_int8_needs_the_cpu_and_calibration():
         Model(DEFAULT_MODEL, CPU, "torch", "int8")
 
 
-def test_wsi_score_records_int8_and_refuses_to_resume_in_float32(tmp_path, capsys):
+def test_wsi_score_records_int8_and_refuses_to_resume_in_float32_or_another_int8(tmp_path, capsys):
     """``--precision int8`` scores in int8 (calibrated on the slide's own tissue), records it with the
-    calibration, and a float32 run over the heatmap is refused, naming the difference."""
+    calibration, and a float32 run over the heatmap, or an int8 run calibrated on other patches, is refused,
+    naming the difference."""
     common = [str(SYNTHETIC_NODE), "-o", str(tmp_path), "--scheduler", "threads", "--no-reports", "-q"]
     assert main([*common, "--precision", "int8"]) == 0
     heatmap = read_heatmap(tmp_path / f"{SYNTHETIC_NODE.stem}.zarr")
@@ -136,6 +137,11 @@ def test_wsi_score_records_int8_and_refuses_to_resume_in_float32(tmp_path, capsy
     assert model.calibration_sha256 == quantize.calibration_sha256(calibration)
     assert main(common) == 1
     assert "precision 'int8' in the heatmap, 'float32' now" in capsys.readouterr().err
+    assert main([*common, "--precision", "int8", "--calibration", str(CMU_SLIDE)]) == 1
+    assert (
+        f"int8 calibration (sha256) {model.calibration_sha256[:12]}… in the heatmap"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("fixture", ["heatmap_v1/complete", "heatmap_v2/complete"])

@@ -378,6 +378,7 @@ IDENTITY = {
     ("models", "weights_sha256"): "model weights (sha256)",  # of each model of an ensemble, in order
     ("models", "engine"): "CPU engine",
     ("models", "precision"): "precision",
+    ("models", "calibration_sha256"): "int8 calibration (sha256)",  # another calibration, another int8 model
     **{("grid", f.name): f"grid {f.name}" for f in fields(PatchGrid)},
     ("tissue", "threshold"): "tissue threshold",
     ("tissue", "mpp"): "tissue µm/px",
