@@ -144,6 +144,22 @@ def test_wsi_score_records_int8_and_refuses_to_resume_in_float32_or_another_int8
     )
 
 
+def test_an_int8_heatmap_is_calibrated_again_as_it_was_made_whatever_its_jpeg_scaling(tmp_path, capsys):
+    """A re-run without ``--jpeg-scaling`` reads a heatmap as it was made, its int8 calibration too: the
+    calibration's sha256 matches and the heatmap is kept (read with scaling it would differ, and be
+    refused)."""
+    common = [str(SYNTHETIC_NODE), "-o", str(tmp_path), "--scheduler", "threads", "--no-reports", "-q"]
+    common += ["--precision", "int8"]
+    assert main([*common, "--jpeg-scaling", "off"]) == 0
+    (made,) = read_heatmap(tmp_path / f"{SYNTHETIC_NODE.stem}.zarr").metadata.models
+    card = read_card(resolve_model_folder(DEFAULT_MODEL))
+    scaled = calibration_patches(SYNTHETIC_NODE, card, ScoreOptions(jpeg_scaling="auto"))
+    assert made.calibration_sha256 != quantize.calibration_sha256(scaled)  # scaling reads other patches
+    capsys.readouterr()
+    assert main(common) == 0
+    assert "complete heatmap exists" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("fixture", ["heatmap_v1/complete", "heatmap_v2/complete"])
 def test_heatmaps_made_before_precision_was_recorded_read_as_float32(fixture):
     (model,) = read_record(FIXTURES / fixture / "node.zarr").models

@@ -77,7 +77,7 @@ def score_slide(
     options.validate()
     if reports is not None:
         reports.validate()
-    members = int8_members(model_members(model, options), options, [slide_path])
+    members = int8_members(model_members(model, options), options, [slide_path], out_dir)
     make_output_folder(out_dir)
     settle = partial(settle_alone, reports=reports)
     (result,) = _score(
@@ -139,7 +139,7 @@ def score_slides(
     options.validate()
     if reports is not None:
         reports.validate()
-    members = int8_members(model_members(model, options), options, slide_paths)  # before any cluster starts
+    members = int8_members(model_members(model, options), options, slide_paths, out_dir)  # before any cluster
     make_output_folder(out_dir)  # before any slide is written into it
     _log.info("scoring %d slides into %s", len(slide_paths), Path(out_dir).resolve())
     settle = partial(settle_in_batch, reports=reports, out_dir=out_dir)

@@ -1,6 +1,10 @@
 """int8 for a scoring run: the patches it is calibrated on (``model.quantize``), random tissue cells of a
 slide or of the slides in a folder, read at the model's patch size and µm/px as scoring reads them, or
-patches of a patch data set; and the run's models switched to int8 where it agrees with float32."""
+patches of a patch data set; and the run's models switched to int8 where it agrees with float32.
+
+Slides are read with the run's JPEG scaling or, when it has none (``ScoreOptions.jpeg_scaling``: as each
+heatmap was made), with that of the first of its heatmaps already in the output folder: a resumed int8
+heatmap is calibrated on the patches it was (its calibration's sha256 is part of its identity)."""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ from wsi_pipeline.datasets.patches import open_patch_dataset
 from wsi_pipeline.model.card import ModelCard
 from wsi_pipeline.model.predict import MIN_CALIBRATION_PATCHES, choose_int8
 from wsi_pipeline.scoring.options import ScoreOptions
-from wsi_pipeline.scoring.planning import Member, tissue_cells
+from wsi_pipeline.scoring.planning import Member, heatmap_path, tissue_cells
 from wsi_pipeline.slide.find import find_slides
 from wsi_pipeline.slide.reader import SLIDE_SUFFIXES, Slide
+from wsi_pipeline.store.heatmap import read_record
 from wsi_pipeline.tiling.grid import Block, plan_grid
 from wsi_pipeline.tiling.patches import read_block_patches
 
@@ -26,7 +31,7 @@ _ONE_CELL = np.ones((1, 1), bool)
 
 
 def int8_members(
-    members: tuple[Member, ...], options: ScoreOptions, slides: Sequence[str | Path]
+    members: tuple[Member, ...], options: ScoreOptions, slides: Sequence[str | Path], out_dir: str | Path
 ) -> tuple[Member, ...]:
     """The run's models, each switched to int8 where int8 agrees with float32 (``model.choose_int8``; a
     model where it does not keeps its float32 engine, with a warning); as given unless the options ask for
@@ -37,12 +42,14 @@ def int8_members(
         options: the run's options: precision, and ``calibration`` (a slide, a folder of slides or a patch
             data set) or None: tissue of the first of ``slides`` that has enough.
         slides: the run's slides.
+        out_dir: the run's output folder.
 
     Raises:
         InputError: the calibration named cannot be read.
     """
     if options.precision != "int8":
         return members
+    options = replace(options, jpeg_scaling=calibration_scaling(options, slides, out_dir))
     patches = run_calibration_patches(members[0].card, options, slides)
     switched = []
     for member in members:
@@ -52,6 +59,21 @@ def int8_members(
             member = replace(member, source=replace(member.source, **int8))
         switched.append(member)
     return tuple(switched)
+
+
+def calibration_scaling(options: ScoreOptions, slides: Sequence[str | Path], out_dir: str | Path) -> str:
+    """The JPEG scaling calibration patches are read with: the run's, else that of the first of the run's
+    heatmaps in ``out_dir`` that will be resumed or kept (``--overwrite``: none), else ``auto``."""
+    if options.jpeg_scaling is not None:
+        return options.jpeg_scaling
+    for slide in [] if options.overwrite else slides:
+        heatmap = heatmap_path(slide, out_dir)
+        if heatmap.exists():
+            try:
+                return read_record(heatmap).slide.jpeg_scaling
+            except InputError:  # planning reports it
+                continue
+    return "auto"
 
 
 def run_calibration_patches(
