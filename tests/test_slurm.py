@@ -184,6 +184,14 @@ def test_slurm_options_need_the_slurm_scheduler(tmp_path, capsys):
         "wsi-score: error: --slurm-config and the SLURM options (--partition, --jobs, ...) need "
         "--scheduler slurm\n"
     )
+    sample = REPO / "sample_slides" / "synthetic-node_19_000.svs"
+    code = main([str(sample), "-o", str(tmp_path), "--scheduler", "slurm", "--workers", "4", "-q"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "wsi-score: error: a number of workers is for the auto, local and threads schedulers, not the slurm "
+        "scheduler\n"
+    )
+    assert not tmp_path.joinpath("slides.csv").exists()  # refused before anything ran
     threads = dask_client(scheduler="threads", slurm=SlurmOptions())
     with pytest.raises(ValueError, match="SLURM options are for the slurm scheduler, not 'threads'"), threads:
         pass

@@ -93,7 +93,11 @@ def parser() -> argparse.ArgumentParser:
         help="grid cells per block side: one read and one task each (default %(default)s)",
     )
     p.add_argument("--scheduler", default="auto", help=SCHEDULERS_HELP)
-    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of local, threads of threads (default: cores); SLURM: --jobs, --cores-per-job",
+    )
     add_slurm_options(p)
     p.add_argument(
         "--overwrite",

@@ -120,7 +120,8 @@ def score_slides(
         options: the scoring parameters.
         scheduler: the cluster to start when no ``client`` is given (see ``dask_client``), or ``auto``:
             chosen from the first slide's plan (``choose_scheduler``).
-        n_workers: its number of workers; None: one per core.
+        n_workers: the number of workers (processes, or threads of one) of ``auto``, ``local`` and
+            ``threads``; None: one per core. SLURM's are ``slurm``'s jobs × cores per job.
         slurm: the worker jobs of ``scheduler="slurm"``; None: ``SlurmOptions()``.
         client: a ``distributed.Client`` to score on instead.
         show_progress: a progress bar (or log lines) per slide.
@@ -139,6 +140,9 @@ def score_slides(
     options.validate()
     if reports is not None:
         reports.validate()
+    if n_workers is not None and (client is not None or scheduler not in ("auto", "local", "threads")):
+        where = "a client given" if client is not None else f"the {scheduler} scheduler"
+        raise ValueError(f"a number of workers is for the auto, local and threads schedulers, not {where}")
     members = int8_members(model_members(model, options), options, slide_paths, out_dir)  # before any cluster
     make_output_folder(out_dir)  # before any slide is written into it
     _log.info("scoring %d slides into %s", len(slide_paths), Path(out_dir).resolve())
