@@ -10,8 +10,9 @@ and a synthetic lymph node written by ``wsi-synth slides`` (``--synthetic``, def
 0.25 µm/px, so that the whole benchmark, writing the slides included, stays under 10 minutes on 2 cores;
 48,000 × 36,000 px takes 5 minutes to write alone).
 
-Each tool runs once per slide as its command line does, with its defaults (wsi-score: a local cluster of one
-single-threaded worker per core, reports written; WSInfer: batch 32, 2 data-loading workers); wsi-score once
+Each tool runs once per slide as its command line does, with its defaults (wsi-score: ``--scheduler auto``,
+which picks one in-process worker with a thread per core below 8 cores, reports written; WSInfer: batch 32, 2
+data-loading workers); wsi-score once
 per ``--precision``, int8 calibrated on the slide's own tissue (the first int8 run on a slide includes
 calibrating; later ones find it cached). The times are wall times of the whole process, start-up included, and
 the CPU time of its whole process tree (which other users of the machine do not change: compare those when the

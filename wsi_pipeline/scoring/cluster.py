@@ -18,14 +18,15 @@ from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
 WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 
 # ``auto``: in-process threads unless many cores and a large job. Measured on 2 cores
-# (benchmarks/bench_scheduler.py, CMU-1 tiled, warm, one intra-op thread per model call everywhere): two
-# threads of one process scored 0.96x (bundled model) and 1.00x (resnet18) the patches per second of two
-# worker processes, which started 1.9-2.0 s later: processes would win only from about 110,000 (bundled
-# model) and 590,000 (resnet18) patches. The GIL's share that the 0.96 implies (4%) would grow with the cores
-# by Amdahl's law: on 8 they would leave threads at 0.78 of processes, which would pay the processes' start-up
-# from roughly 90,000 patches of the bundled model. Not measured on such a machine.
+# (benchmarks/bench_scheduler.py, CMU-1 tiled, warm, one intra-op thread per model call everywhere, two runs):
+# two threads of one process scored 0.95-0.96x (bundled model) and 0.97-1.00x (resnet18) the patches per
+# second of two worker processes, which, importing no torch, started 0.3-0.9 s later: processes win from about
+# 15,000-33,000 patches of the bundled model (4% faster then), from 19,000 or never of resnet18. The GIL's
+# share that the 0.96 implies would grow with the cores by Amdahl's law: on 8 they would leave threads at 0.78
+# of processes, which would pay the processes' start-up from roughly 30,000 patches of the bundled model. Not
+# measured on such a machine.
 AUTO_PROCESS_CORES = 8
-AUTO_PROCESS_PATCHES = 100_000
+AUTO_PROCESS_PATCHES = 30_000
 
 
 def choose_scheduler(cores: int, patches: Callable[[], int]) -> str:
