@@ -4,6 +4,7 @@ on the terminal too with ``-v``."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from wsi_pipeline.cli.score import LOG, main
+from wsi_pipeline.core.logs import Route, current_route
 from wsi_pipeline.scoring import settling
+from wsi_pipeline.scoring.worker_plugins import RouteWorkerLogs
 
 from .conftest import make_slide
 
@@ -118,3 +121,11 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_is_in_the_log(
     assert err == f"wsi-score: error: unexpected TypeError: a bug (its traceback is in {out / LOG})\n"
     log = (out / LOG).read_text()
     assert "Traceback (most recent call last)" in log and 'raise TypeError("a bug")' in log
+
+
+def test_a_worker_that_cannot_see_the_log_keeps_its_records_in_its_own_output(tmp_path, caplog):
+    unseen = tmp_path / "elsewhere" / LOG  # as on a node without the client's file system
+    with caplog.at_level(logging.WARNING):
+        RouteWorkerLogs(Route(unseen, verbose=False)).setup(worker=None)
+    assert current_route() is None and not unseen.parent.exists()
+    assert f"{unseen} is not visible here: this worker's log stays in its output" in caplog.text

@@ -286,6 +286,9 @@ def test_two_jobs_give_the_local_heatmaps_and_are_gone_after(
     ids = job_ids(tmp_path / "jobs")
     assert len(ids) == 2
     assert wait_until_gone(tmp_path) == set()
+    # the jobs' workers logged into the run's log, as the local cluster's do (no worker runs in this process)
+    log = (tmp_path / "out" / "wsi-score.log").read_text()
+    assert "distributed.worker INFO: Starting Worker plugin wsi-pipeline-preload-models" in log
 
 
 @slurm

@@ -6,11 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import dask
 
 from wsi_pipeline.core.logs import adopt_library_loggers, current_route
 from wsi_pipeline.scoring.slurm import SlurmOptions, slurm_cluster
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 # One BLAS/OpenMP thread per Dask thread, as Dask sets by default, but without its MALLOC_TRIM_THRESHOLD_:
 # fixing that threshold turns off glibc's adaptive mmap threshold, and torch's large per-batch buffers then
@@ -75,10 +79,7 @@ def dask_client(
             ) as cluster,
             Client(cluster) as client,
         ):
-            if (route := current_route()) is not None:
-                from wsi_pipeline.scoring.worker_plugins import RouteWorkerLogs
-
-                client.register_plugin(RouteWorkerLogs(route))
+            _route_worker_logs(client)
             yield client
     elif scheduler == "threads":
         with Client(
@@ -90,6 +91,7 @@ def dask_client(
             slurm_cluster(slurm or SlurmOptions(), environment=WORKER_ENVIRONMENT) as cluster,
             Client(cluster) as client,
         ):
+            _route_worker_logs(client)
             yield client
     elif "://" in scheduler:
         with Client(scheduler) as client:
@@ -97,3 +99,11 @@ def dask_client(
     else:
         known = "local, threads, slurm, tcp://HOST:PORT (auto is chosen by score_slides)"
         raise ValueError(f"scheduler must be one of: {known}; not {scheduler!r}")
+
+
+def _route_worker_logs(client: Client) -> None:
+    """Worker processes started for this client log where this process does (``RouteWorkerLogs``)."""
+    if (route := current_route()) is not None:
+        from wsi_pipeline.scoring.worker_plugins import RouteWorkerLogs
+
+        client.register_plugin(RouteWorkerLogs(route))

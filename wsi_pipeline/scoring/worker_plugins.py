@@ -15,15 +15,20 @@ _log = logging.getLogger(__name__)
 
 
 class RouteWorkerLogs(WorkerPlugin):
-    """Installs, in each worker process of the local cluster, a ``LogRoute`` to the client's log file (its
-    warnings and log records go there, not to the terminal it shares with the client; there too with ``-v``).
-    It stays until the process ends: the warnings of tasks cancelled as the cluster closes come after the
-    plugins' teardown."""
+    """Installs, in each worker process of the local cluster or of SLURM's jobs, a ``LogRoute`` to the
+    client's log file (its warnings and log records go there, not to the terminal it shares with the client
+    or the job's output; there too with ``-v``). A worker that does not see the log's folder (a node without
+    the client's file system) keeps its records in its job's output, and says so there. The route stays until
+    the process ends: the warnings of tasks cancelled as the cluster closes come after the plugins'
+    teardown."""
 
     def __init__(self, route: Route) -> None:
         self.route = route
 
     def setup(self, worker: Worker) -> None:
+        if not self.route.path.parent.is_dir():
+            _log.warning("%s is not visible here: this worker's log stays in its output", self.route.path)
+            return
         LogRoute(self.route.path, verbose=self.route.verbose, prog=None).install()
 
 
