@@ -12,7 +12,7 @@ import torch
 
 from wsi_pipeline import InputError, Model, ModelCard, build_module, read_card, resolve_device, save_model
 from wsi_pipeline.model.bundled import resolve_model_folder
-from wsi_pipeline.model.device import cuda_driver_present, device_name
+from wsi_pipeline.model.device import cuda_devices, cuda_driver_present, device_name
 
 
 @pytest.mark.parametrize(
@@ -85,3 +85,4 @@ def test_device_names_agree_with_torch_and_need_it_only_with_a_cuda_driver():
         code += "print(device_name('auto'), 'torch' in sys.modules)"
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert run.stdout.split() == ["cpu", "False"]
+    assert cuda_devices() == [f"cuda:{index}" for index in range(torch.cuda.device_count())]

@@ -26,6 +26,16 @@ def cuda_driver_present() -> bool:
     return True
 
 
+def cuda_devices() -> list[str]:
+    """The CUDA devices by name (``cuda:0``, …); none, known without importing torch, on a machine without a
+    CUDA driver."""
+    if not cuda_driver_present():
+        return []
+    import torch
+
+    return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+
+
 def device_name(name: str = "auto") -> str:
     """``resolve_device``'s device by name (``cpu``, ``cuda``, ``cuda:N``); torch is imported only to
     ask it about CUDA on a machine with a CUDA driver."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import napari
 import numpy as np
-import torch
 from napari.layers import Image, Layer, Shapes
 from napari.qt.threading import GeneratorWorker, thread_worker
 from qtpy.QtCore import Qt
@@ -32,6 +31,7 @@ from wsi_pipeline.findings.options import DEFAULT_REPORTS
 from wsi_pipeline.findings.regions import find_regions
 from wsi_pipeline.findings.summary import category_words, demonstration_notice, reported_category
 from wsi_pipeline.model.bundled import DEFAULT_MODEL, bundled_models_dir
+from wsi_pipeline.model.device import cuda_devices
 from wsi_pipeline.napari.layers import (
     HEATMAP_KEY,
     SLIDE_KEY,
@@ -81,7 +81,7 @@ class ScoreWidget(QWidget):
         self.model_box.addItems(bundled_model_names())
         self.model_box.setCurrentText(DEFAULT_MODEL)
         self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))])
+        self.device_box.addItems(["auto", "cpu", *cuda_devices()])
         self.stride_box = QSpinBox()
         self.stride_box.setRange(0, 4096)
         self.stride_box.setSpecialValueText("patch size")
