@@ -14,7 +14,7 @@ import pytest
 from wsi_pipeline.cli.score import main
 from wsi_pipeline.core.errors import InputError
 from wsi_pipeline.core.files import file_sha256
-from wsi_pipeline.findings.regions import find_regions, tumour_scores
+from wsi_pipeline.findings.regions import tumour_scores
 from wsi_pipeline.slide.dicom import find_series, safe_name, series_of
 from wsi_pipeline.slide.find import find_slides
 from wsi_pipeline.slide.reader import Slide
@@ -23,7 +23,9 @@ from wsi_pipeline.store.heatmap import read_heatmap
 from .conftest import make_slide
 
 TURBOJPEG = "/usr/lib/x86_64-linux-gnu/libturbojpeg.so.0"
-DARK_LEVEL0 = [(900.0, 900.0, 1500.0, 1400.0)]
+# 5 cells wide, 2 high (an axis swap shows); every edge is over 45 level-0 px from the nearest cell centre,
+# more than half the probe's 32-target-px centre window (31 px): each cell is scored wholly dark or not
+DARK_LEVEL0 = [(700.0, 950.0, 1700.0, 1300.0)]
 
 
 def convert(svs: Path, out: Path, identifier: str | None) -> Path:
@@ -114,33 +116,109 @@ def test_safe_name():
     assert safe_name("../a b/c") == "_a_b_c" and safe_name("...") == "slide"
 
 
-def test_dicom_output_reads_back_in_place(series_folder, svs, tmp_path, capsys, probe_model):
-    hd = pytest.importorskip("highdicom", reason="--dicom-out writes through highdicom (the dicom extra)")
-    common = ["--model", probe_model, "--scheduler", "threads", "--workers", "2", "-q", "--review-tiles", "0"]
-    assert main([str(series_folder), "-o", str(tmp_path), "--dicom-out", *map(str, common)]) == 0
-    heatmap = read_heatmap(tmp_path / "S-7_A_1.zarr")
-    regions = find_regions(heatmap, 0.5)
-    assert regions
-    source = pydicom.dcmread(max(series_of(series_folder).files, key=lambda f: f.stat().st_size))
-    probability_map = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(tmp_path / "S-7_A_1.pm.dcm"))
-    np.testing.assert_array_equal(probability_map.get_total_pixel_matrix(), tumour_scores(heatmap))
-    # geometry: cell (row, col) lies on the slide where the grid puts its centre (README: translation
-    # patch/2 · target µm/px, scale stride · target µm/px), through the slide's own frame of reference
-    to_slide = hd.spatial.PixelToReferenceTransformer.for_image(probability_map, for_total_pixel_matrix=True)
-    from_source = hd.spatial.PixelToReferenceTransformer.for_image(source, for_total_pixel_matrix=True)
-    grid, (row, col) = heatmap.grid, (5, 7)
-    centre_level0 = [(grid.patch_size / 2 + i * grid.stride) * grid.ds - 0.5 for i in (col, row)]
-    expected = (from_source.affine @ [*centre_level0, 0.0, 1.0])[:3]
-    np.testing.assert_allclose(to_slide(np.array([[col, row]]))[0], expected, atol=1e-6)
-    annotations = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(
-        pydicom.dcmread(tmp_path / "S-7_A_1.ann.dcm")
+def score_args(model: Path) -> list[str]:
+    """``wsi-score`` options for a quick run of ``model`` on threads."""
+    return ["--model", str(model), "--scheduler", "threads", "--workers", "2", "-q", "--review-tiles", "0"]
+
+
+@pytest.fixture(scope="module")
+def dicom_out(series_folder, probe_model, tmp_path_factory) -> Path:
+    """The folder ``wsi-score --dicom-out`` wrote the series' heatmap and DICOM objects to."""
+    pytest.importorskip("highdicom", reason="--dicom-out writes through highdicom (the dicom extra)")
+    out = tmp_path_factory.mktemp("dicom-out")
+    assert main([str(series_folder), "-o", str(out), "--dicom-out", *score_args(probe_model)]) == 0
+    return out
+
+
+def level0_header(series_folder: Path) -> pydicom.Dataset:
+    """The header of the series' level-0 image (its largest VOLUME image)."""
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_of(series_folder).files]
+    return max((h for h in headers if "VOLUME" in h.ImageType), key=lambda h: int(h.TotalPixelMatrixColumns))
+
+
+def slide_geometry(image: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(origin, column_step, row_step)``, (x, y) mm on the slide, of an image's Total Pixel Matrix: the
+    centre of its pixel (column i, row j), 0-based, is ``origin + i·column_step + j·row_step`` (PS3.3
+    C.7.6.2.1.1, Equation C.7.6.2.1-1; the Total Pixel Matrix Origin is "the location of pixel 1\\1",
+    C.8.12.14; Pixel Spacing is row spacing \\ column spacing, between pixel centres)."""
+    origin = image.TotalPixelMatrixOriginSequence[0]
+    xy = np.array(
+        [float(origin.XOffsetInSlideCoordinateSystem), float(origin.YOffsetInSlideCoordinateSystem)]
     )
-    polygons = annotations.get_annotation_groups()[0].get_graphic_data(coordinate_type="2D")
-    assert len(polygons) == len(regions)
-    for polygon, region in zip(polygons, regions, strict=True):
-        x0, y0, x1, y1 = region.bbox_level0
-        xs, ys = np.asarray(polygon).T
-        assert (xs.min(), ys.min(), xs.max(), ys.max()) == pytest.approx((x0, y0, x1, y1))
-    # a slide not read from DICOM is refused before anything runs
-    assert main([str(svs), "-o", str(tmp_path / "svs"), "--dicom-out", *map(str, common)]) == 2
+    row_spacing, column_spacing = map(
+        float, image.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    )
+    cosines = np.array(image.ImageOrientationSlide, dtype=np.float64)
+    return xy, cosines[:2] * column_spacing, cosines[3:5] * row_spacing
+
+
+def pixel_to_slide(image: pydicom.Dataset, indices: np.ndarray) -> np.ndarray:
+    """(column, row) indices of an image's Total Pixel Matrix (pixel i centred at i) as slide (x, y) mm."""
+    origin, column_step, row_step = slide_geometry(image)
+    return origin + indices[:, :1] * column_step + indices[:, 1:] * row_step
+
+
+def slide_to_level0(source: pydicom.Dataset, points_mm: np.ndarray) -> np.ndarray:
+    """Slide (x, y) mm as level-0 image coordinates (x, y): pixel i spans ``[i, i+1)``, as the grid's."""
+    origin, column_step, row_step = slide_geometry(source)
+    return np.linalg.solve(np.stack([column_step, row_step], axis=1), (points_mm - origin).T).T + 0.5
+
+
+def test_dicom_map_pixels_lie_on_their_grid_cells(dicom_out, series_folder):
+    hd = pytest.importorskip("highdicom")
+    heatmap, source = read_heatmap(dicom_out / "S-7_A_1.zarr"), level0_header(series_folder)
+    probability_map = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(dicom_out / "S-7_A_1.pm.dcm"))
+    scores = probability_map.get_total_pixel_matrix()
+    np.testing.assert_array_equal(scores, tumour_scores(heatmap))
+    assert probability_map.FrameOfReferenceUID == source.FrameOfReferenceUID
+    # every map pixel's centre, placed on the slide by the map's geometry and read back in the source's
+    # level-0 pixels, is its grid cell's centre
+    rows, cols = np.indices(scores.shape).reshape(2, -1)
+    centres_level0 = slide_to_level0(source, pixel_to_slide(probability_map, np.stack([cols, rows], axis=1)))
+    boxes = heatmap.grid.cell_boxes_level0(rows, cols)
+    np.testing.assert_allclose(centres_level0, (boxes[:, :2] + boxes[:, 2:]) / 2, rtol=0, atol=0.01)
+    # ground truth: the map pixels scored tumour are those whose centre is in the dark rectangle
+    x0, y0, x1, y1 = DARK_LEVEL0[0]
+    inside = (centres_level0 >= (x0, y0)).all(axis=1) & (centres_level0 < (x1, y1)).all(axis=1)
+    np.testing.assert_array_equal(np.nan_to_num(scores).ravel() >= 0.5, inside)
+    assert inside.sum() == 10
+
+
+def test_dicom_annotation_outlines_the_dark_rectangle(dicom_out, series_folder):
+    hd = pytest.importorskip("highdicom")
+    from wsidicom.graphical_annotations import AnnotationInstance
+
+    heatmap, source = read_heatmap(dicom_out / "S-7_A_1.zarr"), level0_header(series_folder)
+    dataset = pydicom.dcmread(dicom_out / "S-7_A_1.ann.dcm")
+    annotations = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(dataset)
+    assert (dataset.AnnotationCoordinateType, dataset.PixelOriginInterpretation) == ("2D", "VOLUME")
+    assert dataset.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    (polygon,) = annotations.get_annotation_groups()[0].get_graphic_data(coordinate_type="2D")
+    (group,) = AnnotationInstance.open_dataset(dataset).groups  # wsidicom decodes the same points
+    np.testing.assert_array_equal(group.annotations[0].geometry.to_coords(), polygon)
+    # (column, row) image coordinates of the level-0 Total Pixel Matrix, (0, 0) the top-left corner of its
+    # top-left pixel (PS3.3 C.18.6 Graphic Data): the outline of the cells scored tumour, each cell the
+    # stride-wide square centred on its patch ...
+    grid, scores = heatmap.grid, tumour_scores(heatmap)
+    rows, cols = np.nonzero(np.nan_to_num(scores) >= 0.5)
+    boxes = grid.cell_boxes_level0(rows, cols)
+    centres, half = (boxes[:, :2] + boxes[:, 2:]) / 2, grid.stride * grid.ds / 2
+    cells_box = (*(centres.min(axis=0) - half), *(centres.max(axis=0) + half))
+    bbox = (*polygon.min(axis=0), *polygon.max(axis=0))
+    assert len(polygon) == 4 and bbox == pytest.approx(cells_box, abs=1e-6)
+    # ... within half a cell of the dark rectangle it found ...
+    np.testing.assert_allclose(bbox, DARK_LEVEL0[0], rtol=0, atol=half)
+    # ... and, on the slide, exactly around the map pixels scored tumour (each pixel ±½ around its centre)
+    outline_mm = pixel_to_slide(source, polygon - 0.5)
+    corners = [
+        (c + dc, r + dr) for c, r in zip(cols, rows, strict=True) for dc in (-0.5, 0.5) for dr in (-0.5, 0.5)
+    ]
+    pixels_mm = pixel_to_slide(pydicom.dcmread(dicom_out / "S-7_A_1.pm.dcm"), np.array(corners))
+    np.testing.assert_allclose(outline_mm.min(axis=0), pixels_mm.min(axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outline_mm.max(axis=0), pixels_mm.max(axis=0), rtol=0, atol=1e-6)
+
+
+def test_dicom_out_refuses_a_slide_not_read_from_dicom(svs, tmp_path, capsys, probe_model):
+    pytest.importorskip("highdicom", reason="--dicom-out writes through highdicom (the dicom extra)")
+    assert main([str(svs), "-o", str(tmp_path), "--dicom-out", *score_args(probe_model)]) == 2
     assert "--dicom-out needs DICOM slides" in capsys.readouterr().err

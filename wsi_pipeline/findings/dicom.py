@@ -44,7 +44,9 @@ def level0_image(slide_path: str | Path) -> Dataset:
 
 
 def map_origin_level0(heatmap: Heatmap) -> tuple[float, float]:
-    """(x, y) level-0 pixel index (pixel i centred at i) of the centre of grid cell (0, 0)."""
+    """(x, y) level-0 pixel index (pixel i centred at i) of the centre of grid cell (0, 0), where the map's
+    pixel 1\\1 goes: Plane Position (Slide), like Total Pixel Matrix Origin, locates a pixel's centre (PS3.3
+    C.8.12.14, C.7.6.2.1.1), as highdicom's PixelToReferenceTransformer does index (0, 0)."""
     grid = heatmap.grid
     centre = grid.patch_size / 2 * grid.ds  # level-0 pixels from the slide's corner to cell (0, 0)'s centre
     return centre - 0.5, centre - 0.5
@@ -125,7 +127,9 @@ def write_dicom(heatmap_path: str | Path, heatmap: Heatmap, regions: Sequence[Re
 
 
 def _exterior(region: Region) -> np.ndarray:
-    """A region's largest polygon's exterior ring, (x, y) level-0 pixels, open (first point not repeated)."""
+    """A region's largest polygon's exterior ring, open (first point not repeated), as 2D Point Coordinates
+    Data: (column, row) = (x, y) in the level-0 Total Pixel Matrix, (0, 0) the top-left corner of its top-left
+    pixel (PS3.3 C.18.6 Graphic Data), as the grid's level-0 coordinates are."""
     ring = max((rings[0] for rings in region.polygons), key=len)
     ring = np.asarray(ring, dtype=np.float64)
     return ring[:-1] if len(ring) > 1 and np.array_equal(ring[0], ring[-1]) else ring
