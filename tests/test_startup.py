@@ -104,3 +104,23 @@ print(main([{slide!r}, "-o", {out!r}, "--engine", "onnxruntime", "--scheduler", 
     np.testing.assert_array_equal(again.probabilities, first.probabilities)
     assert again.metadata.engines == first.metadata.engines == ("onnxruntime",)
     assert again.metadata.devices == ("cpu",)
+
+
+def test_a_library_architecture_found_once_is_checked_later_without_the_library(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # nothing recorded yet
+    code = """
+from wsi_pipeline.model.architectures import check_architecture
+check_architecture("resnet18")
+try:
+    check_architecture("no_such_net")
+except ValueError as error:
+    print(error)
+"""
+    output, first = run_fresh(code)
+    assert "timm" in first and output.startswith("unknown architecture 'no_such_net'")
+    output, again = run_fresh(code.replace('"no_such_net"', '"timm:no_such_net"'))
+    assert output.startswith("unknown architecture 'timm:no_such_net'") and "timm" in again  # asked again
+    output, known = run_fresh(
+        'from wsi_pipeline.model.architectures import check_architecture\ncheck_architecture("resnet18")'
+    )
+    assert heavy(known) == [] and "timm" not in known

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import importlib.metadata
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_pipeline.core.files import cache_dir, write_atomically
 from wsi_pipeline.model.card import ModelCard
 
 if TYPE_CHECKING:
@@ -57,6 +62,41 @@ def module_factory(architecture: str) -> Callable[..., torch.nn.Module]:
             f"{', '.join(ARCHITECTURES)})"
         )
     return factory
+
+
+def check_architecture(architecture: str) -> None:
+    """ValueError for an architecture ``module_factory`` does not know. A library's name found there once is
+    recorded in the cache, per library version, so that later checks import neither the library nor torch."""
+    if architecture in ARCHITECTURES:
+        return
+    library, _, name = architecture.rpartition(":")
+    record = _known_names(library or "timm")
+    if record is not None and name in _read_names(record):
+        return
+    module_factory(architecture)
+    if record is not None:
+        with contextlib.suppress(OSError):  # a read-only cache: checked again next time
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(record, json.dumps(sorted({*_read_names(record), name})))
+
+
+def _known_names(library: str) -> Path | None:
+    """Where the names found in an installed library are recorded; None for an unknown or missing one."""
+    if library not in LIBRARIES:
+        return None
+    try:
+        version = importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return cache_dir() / "architectures" / f"{library}-{version}.json"
+
+
+def _read_names(record: Path) -> list[str]:
+    try:
+        names = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []
+    return names if isinstance(names, list) else []
 
 
 def _ours(module: str, name: str, **arguments: object) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from wsi_pipeline.core.errors import InputError
-from wsi_pipeline.model.architectures import module_factory
+from wsi_pipeline.model.architectures import check_architecture
 from wsi_pipeline.model.card import CARD_NAME, ModelCard, write_card
 from wsi_pipeline.model.wsinfer import WSINFER_CONFIG, wsinfer_card
 
@@ -28,7 +28,7 @@ def read_card(folder: str | Path) -> ModelCard:
         card = ModelCard(**config) if path.name == CARD_NAME else wsinfer_card(config, folder)
         card.validate()
         if card.weights_format == "state_dict":
-            module_factory(card.architecture)
+            check_architecture(card.architecture)
     except (json.JSONDecodeError, TypeError, ValueError, KeyError) as error:
         raise InputError(path, f"invalid {kind} ({error})") from None
     if not (folder / card.weights).is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsi_pipeline.model.architectures import module_factory
+from wsi_pipeline.model.architectures import check_architecture
 from wsi_pipeline.model.card import ModelCard
 
 # WSInfer model-zoo folders (github.com/SBU-BMI/wsinfer-zoo, wsinfer_zoo/client.py and model-config schema)
@@ -38,7 +38,7 @@ def wsinfer_card(config: object, folder: Path) -> ModelCard:
     architecture = config.get("architecture", "")
     state_dicts = [name for name in WSINFER_STATE_DICTS if (folder / name).is_file()]
     try:
-        module_factory(architecture)
+        check_architecture(architecture)
     except ValueError:
         state_dicts = []
     if not state_dicts and not (folder / WSINFER_TORCHSCRIPT).is_file():
