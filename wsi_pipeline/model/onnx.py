@@ -109,6 +109,7 @@ class OnnxEngine:
     """An ONNX Runtime CPU session computing logits from normalised float NCHW input."""
 
     def __init__(self, model: bytes, threads: int) -> None:
+        """``threads``: intra-op threads (0: ONNX Runtime's default)."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -64,8 +63,8 @@ class Model:
     which runs, ``calibration_sha256`` what int8 was calibrated on.
 
     ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (or a ``torch.device``); ``Model.device`` is its name.
-    ``threads``: the intra-op threads of its ONNX Runtime sessions (None: the cores this process may use);
-    scoring workers give one, each of their threads being one core.
+    ``threads``: the intra-op threads of its ONNX Runtime sessions (None: ONNX Runtime's default, one per
+    physical core); scoring workers give one, each of their threads being one core.
 
     Loading a TorchScript model (``weights_format: torchscript``) warns: it runs code stored in the file.
     """
@@ -95,7 +94,7 @@ class Model:
         self.card = read_card(self.folder)
         self.weights_path = self.folder / self.card.weights
         self.weights_sha256 = file_sha256(self.weights_path)
-        self.threads = threads or os.cpu_count() or 1  # of its ONNX Runtime sessions
+        self.threads = threads or 0  # of its ONNX Runtime sessions (0: ONNX Runtime's default)
         # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
         self._scale, self._shift = normalisation(self.card)
         self.engine, self.precision = "torch", "float32"
