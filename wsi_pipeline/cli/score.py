@@ -259,7 +259,6 @@ def score(args: argparse.Namespace, command: list[str]) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from wsi_pipeline.findings.options import ReportOptions  # the scoring stack: loaded once parsed
-    from wsi_pipeline.findings.summary import answer_parts
     from wsi_pipeline.scoring.api import score_slides
     from wsi_pipeline.scoring.ledger import BATCH_TABLE
     from wsi_pipeline.slide.dicom import is_dicom
@@ -297,6 +296,8 @@ def _score(args: argparse.Namespace) -> int:
             show_progress=not args.quiet,
             reports=None if args.no_reports else reports,
         )
+    from wsi_pipeline.findings.summary import answer_parts  # with SciPy: loaded by the reports by now
+
     for result in results:
         if result.status == "failed":
             print_error("wsi-score", result.message)
