@@ -1,9 +1,11 @@
-"""Remote slides: a slide served over HTTP (a loopback server answering HEAD and Range requests) scores to the
-same heatmap as the local file, fetching each byte at most once, identified by its ETag."""
+"""Remote slides: a slide served over HTTP (a loopback server answering HEAD and Range requests) or S3 (moto's
+S3 server on loopback, started here) scores to the same heatmap as the local file, fetching each byte at most
+once, identified by its ETag."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -139,3 +141,55 @@ def test_remote_slide_needs_tiffslide_and_an_etag(serve, svs, tmp_path, capsys, 
         Slide(serve(svs).url, backend="openslide")
     code, err = score(capsys, serve(svs, etag=None).url, tmp_path / "out", probe_model)
     assert code == 1 and "no ETag or checksum" in err
+
+
+@pytest.fixture
+def s3_bucket(tmp_path, monkeypatch) -> Iterator:
+    """The bucket ``slides`` on an S3 endpoint on loopback (moto's server), the AWS settings pointing at it;
+    the block cache in a fresh folder."""
+    moto_server = pytest.importorskip("moto.server", reason="an S3 endpoint: pip install 'moto[server]'")
+    s3fs = pytest.importorskip("s3fs", reason="fsspec reads s3:// through s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",  # as for any S3-compatible store
+        "WSI_PIPELINE_CACHE": str(tmp_path / "cache"),
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(logging.getLogger("werkzeug"), "level", logging.WARNING)  # one line per request
+    s3fs.S3FileSystem.clear_instance_cache()  # made with these settings
+    bucket = s3fs.S3FileSystem()
+    bucket.mkdir("slides")
+    yield bucket
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def test_an_s3_slide_scores_as_the_local_file_and_a_replaced_object_is_never_mixed(
+    s3_bucket, svs, tmp_path, capsys, probe_model
+):
+    url = "s3://slides/remote-node.svs"
+    s3_bucket.put(str(svs), url)
+    code, err = score(capsys, url, tmp_path / "remote", probe_model)
+    assert code == 0, err
+    code, err = score(
+        capsys, svs, tmp_path / "local", probe_model, "--backend", "tiffslide", "--jpeg-scaling", "off"
+    )
+    assert code == 0, err
+    remote = read_heatmap(tmp_path / "remote" / "remote-node.zarr")
+    local = read_heatmap(tmp_path / "local" / "remote-node.zarr")
+    np.testing.assert_array_equal(remote.probabilities, local.probabilities)
+    recorded, etag = remote.metadata.slide, s3_bucket.info(url)["ETag"]
+    assert (recorded.path, recorded.backend, recorded.identity_source) == (url, "tiffslide", "ETag")
+    assert recorded.sha256 == hashlib.sha256(f"ETag:{etag}".encode()).hexdigest()
+    # the object replaced by another slide: another ETag, so its heatmap is refused, never mixed
+    other = tmp_path / "other.svs"
+    make_slide(other, 3000, 2400, 0.5, [(300.0, 300.0, 900.0, 800.0)])
+    s3_bucket.put(str(other), url)
+    code, err = score(capsys, url, tmp_path / "remote", probe_model)
+    assert code == 1 and "slide content (sha256)" in err

@@ -32,12 +32,13 @@ def url_stem(url: str) -> str:
     return PurePosixPath(urlsplit(url).path).stem or urlsplit(url).netloc
 
 
-def _filesystem(url: str) -> AbstractFileSystem:
-    """The fsspec filesystem of a URL, or an InputError naming the package that is missing."""
+def _filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem of a URL and the object's path in it, or an InputError naming the package that
+    is missing."""
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)[0]
+        return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as error:
         raise InputError(url, f"cannot read this URL ({error})") from None
 
@@ -45,7 +46,8 @@ def _filesystem(url: str) -> AbstractFileSystem:
 def remote_identity(url: str) -> tuple[str, str]:
     """(sha256 of ``"<field>:<value>"``, field) for the object's ETag or checksum (``IDENTITY_FIELDS``)."""
     try:
-        info = _filesystem(url).info(url)
+        filesystem, path = _filesystem(url)
+        info = filesystem.info(path)
     except InputError:
         raise
     except Exception as error:
@@ -63,13 +65,9 @@ def open_remote(url: str) -> IO[bytes]:
 
     storage = cache_dir() / "remote"
     storage.mkdir(parents=True, exist_ok=True)
-    protocol = urlsplit(url).scheme
+    filesystem, path = _filesystem(url)
     try:
-        return fsspec.open(
-            f"blockcache::{url}",
-            "rb",
-            blockcache={"cache_storage": str(storage), "check_files": True},
-            **{protocol: {"block_size": BLOCK_BYTES}},
-        ).open()
+        cached = fsspec.filesystem("blockcache", fs=filesystem, cache_storage=str(storage), check_files=True)
+        return cached.open(path, "rb", block_size=BLOCK_BYTES)  # every filesystem's files take a block size
     except Exception as error:
         raise InputError(url, f"cannot open the slide ({type(error).__name__}: {error})") from None
