@@ -108,24 +108,30 @@ def score(capsys, slide: str | Path, out: Path, model: Path, *extra: str) -> tup
     return code, capsys.readouterr().err
 
 
+def scored_as_the_local_file(capsys, url: str, svs: Path, tmp_path: Path, model: Path) -> tuple:
+    """The heatmaps of the slide at ``url`` and of its local file (tiffslide, read in full as a remote slide
+    is: reduced decodes need local positional reads), checked equal; the remote one identified by its ETag."""
+    code, err = score(capsys, url, tmp_path / "remote", model)
+    assert code == 0, err
+    local_args = ("--backend", "tiffslide", "--jpeg-scaling", "off")
+    code, err = score(capsys, svs, tmp_path / "local", model, *local_args)
+    assert code == 0, err
+    remote = read_heatmap(tmp_path / "remote" / f"{svs.stem}.zarr")
+    local = read_heatmap(tmp_path / "local" / f"{svs.stem}.zarr")
+    np.testing.assert_array_equal(remote.probabilities, local.probabilities)
+    recorded = remote.metadata.slide
+    assert (recorded.path, recorded.backend, recorded.identity_source) == (url, "tiffslide", "ETag")
+    return remote, local
+
+
 def test_remote_slide_scores_as_the_local_file(serve, svs, tmp_path, capsys, probe_model, monkeypatch):
     monkeypatch.setattr(slide_remote, "BLOCK_BYTES", 16 * 1024)  # many blocks of this small slide
     server = serve(svs)
-    code, err = score(capsys, server.url, tmp_path / "remote", probe_model)
-    assert code == 0, err
+    remote, local = scored_as_the_local_file(capsys, server.url, svs, tmp_path, probe_model)
     # each block fetched once, by one range request, though planning and the workers open the slide apart
     blocks = -(-svs.stat().st_size // slide_remote.BLOCK_BYTES)
     assert 4 < server.requests <= blocks and 0 < server.bytes_sent <= svs.stat().st_size
-    # a remote slide is read without JPEG scaling (reduced decodes need local positional reads)
-    code, err = score(
-        capsys, svs, tmp_path / "local", probe_model, "--backend", "tiffslide", "--jpeg-scaling", "off"
-    )
-    assert code == 0, err
-    remote = read_heatmap(tmp_path / "remote" / "remote-node.zarr")
-    local = read_heatmap(tmp_path / "local" / "remote-node.zarr")
-    np.testing.assert_array_equal(remote.probabilities, local.probabilities)
     recorded = remote.metadata.slide
-    assert (recorded.path, recorded.backend, recorded.identity_source) == (server.url, "tiffslide", "ETag")
     assert recorded.jpeg_scaling == local.metadata.slide.jpeg_scaling == "off"
     assert recorded.sha256 == hashlib.sha256(b'ETag:"v1-slide"').hexdigest()
     assert local.metadata.slide.identity_source is None
@@ -175,17 +181,8 @@ def test_an_s3_slide_scores_as_the_local_file_and_a_replaced_object_is_never_mix
 ):
     url = "s3://slides/remote-node.svs"
     s3_bucket.put(str(svs), url)
-    code, err = score(capsys, url, tmp_path / "remote", probe_model)
-    assert code == 0, err
-    code, err = score(
-        capsys, svs, tmp_path / "local", probe_model, "--backend", "tiffslide", "--jpeg-scaling", "off"
-    )
-    assert code == 0, err
-    remote = read_heatmap(tmp_path / "remote" / "remote-node.zarr")
-    local = read_heatmap(tmp_path / "local" / "remote-node.zarr")
-    np.testing.assert_array_equal(remote.probabilities, local.probabilities)
+    remote, _ = scored_as_the_local_file(capsys, url, svs, tmp_path, probe_model)
     recorded, etag = remote.metadata.slide, s3_bucket.info(url)["ETag"]
-    assert (recorded.path, recorded.backend, recorded.identity_source) == (url, "tiffslide", "ETag")
     assert recorded.sha256 == hashlib.sha256(f"ETag:{etag}".encode()).hexdigest()
     # the object replaced by another slide: another ETag, so its heatmap is refused, never mixed
     other = tmp_path / "other.svs"
