@@ -8,7 +8,9 @@ heatmap is calibrated on the patches it was (its calibration's sha256 is part of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,6 +136,7 @@ def tissue_patches(
         rows, cols = np.nonzero(tissue_cells(slide, grid, options)[0])
         picked = rng.permutation(len(rows))[:n]
         cells = [Block(int(row), int(col), 1, 1) for row, col in zip(rows[picked], cols[picked], strict=True)]
-        patches = [read_block_patches(slide, grid, cell, _ONE_CELL) for cell in cells]
+        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="wsi-calibration") as readers:
+            patches = list(readers.map(lambda cell: read_block_patches(slide, grid, cell, _ONE_CELL), cells))
     side = grid.patch_size
     return np.concatenate(patches) if patches else np.empty((0, side, side, 3), np.uint8)
