@@ -95,7 +95,7 @@ class Model:
         self.weights_path = self.folder / self.card.weights
         self.weights_sha256 = file_sha256(self.weights_path)
         self.threads = threads or 0  # of its ONNX Runtime sessions (0: ONNX Runtime's default)
-        # uint8 → normalised float in one multiply-add over the last (channel) axis of NHWC patches
+        # uint8 → normalised float in one multiply-add per channel (``normalisation``)
         self._scale, self._shift = normalisation(self.card)
         self.engine, self.precision = "torch", "float32"
         self.calibration_sha256: str | None = None
